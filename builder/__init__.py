@@ -1,0 +1,1 @@
+"""Source adapters, the annotate stage, the runner and the `build-dataset` command line."""

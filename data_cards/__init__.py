@@ -1,0 +1,1 @@
+"""Dataset-card templates for the Hugging Face export, with licences and citations per source."""

@@ -1,0 +1,1 @@
+"""Prompt templates and question banks (Jinja2 files, one per task family)."""

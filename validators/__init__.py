@@ -1,0 +1,1 @@
+"""Checks on built folders (schema, integrity, grounding, leakage) and the reference detector."""
