@@ -43,7 +43,9 @@ class InstructionRecord(Record):
     """One training conversation in the LLaVA-OneVision format that Anomaly-OV's loader reads."""
 
     id: str
-    image: str | list[str] = Field(description="Path(s) relative to the image folder; views in order.")
+    image: str | list[str] = Field(
+        description="Path(s) relative to the image folder; views in order."
+    )
     conversations: list[Turn] = Field(min_length=2)
     metadata: RecordMetadata
 

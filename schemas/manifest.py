@@ -51,7 +51,10 @@ class Manifest(Record):
     sources: list[SourceInfo] = Field(default_factory=list)
     outputs: list[OutputFile] = Field(default_factory=list)
     stages: dict[str, dict[str, int]] = Field(
-        default_factory=dict, description="Per stage: samples in, out and quarantined by code."
+        default_factory=dict, description="Per stage, in pipeline order: in, out, quarantined."
+    )
+    quarantine_codes: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Per stage: quarantine entries by reason code."
     )
     llm_usage: LLMUsage = Field(default_factory=LLMUsage)
     validation: dict[str, Any] | None = None

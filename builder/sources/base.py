@@ -24,7 +24,9 @@ SampleOrQuarantine = Sample | QuarantineEntry
 
 def is_image(path: Path) -> bool:
     # Releases and their copies mix cases (.JPG in VisA, .PNG in some MVTec copies).
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
 
 
 def list_images(folder: Path) -> list[Path]:

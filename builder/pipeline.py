@@ -1,0 +1,267 @@
+"""`build`: sources -> listing -> annotate -> samples.jsonl, quarantine.jsonl and manifest.json.
+
+The listing of every source is spooled to disk first (no pixels, a few hundred bytes a
+sample), which gives the progress bar its total and lets `--limit` draw a seeded subset
+without holding the dataset in memory. Results stream to their files in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import BaseModel, Field
+
+from adinstruct import __version__
+from adinstruct.builder.annotate import AnnotateStage
+from adinstruct.builder.errors import ConfigError
+from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
+from adinstruct.builder.progress import Progress
+from adinstruct.builder.runner import make_runner
+from adinstruct.builder.sources import SourceBuilder, get_builder
+from adinstruct.schemas import Counts, Manifest, OutputFile, QuarantineEntry, Sample, SourceInfo
+
+WORK_DIR = ".adinstruct-work"
+SAMPLES_FILE = "samples.jsonl"
+QUARANTINE_FILE = "quarantine.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+class SourceSpec(BaseModel):
+    name: str
+    root: Path
+
+
+class BuildConfig(BaseModel):
+    sources: list[SourceSpec] = Field(min_length=1)
+    out: Path
+    limit: int | None = Field(default=None, ge=1, description="At most N samples per source.")
+    workers: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+    def public_config(self) -> dict[str, Any]:
+        return {
+            "sources": {spec.name: str(spec.root) for spec in self.sources},
+            "limit": self.limit,
+            "seed": self.seed,
+        }
+
+
+def parse_source_spec(text: str) -> SourceSpec:
+    name, sep, root = text.partition("=")
+    if not sep or not name.strip() or not root.strip():
+        raise ConfigError(
+            f"--source expects NAME=PATH (for example mvtec=/data/mvtec), got {text!r}"
+        )
+    return SourceSpec(name=name.strip(), root=Path(root.strip()).expanduser())
+
+
+@dataclass
+class SourceTally:
+    """Running counts for one source while its samples flow through the build."""
+
+    listed: int = 0
+    selected: int = 0
+    by_split: Counter[str] = field(default_factory=Counter)
+    by_label: Counter[str] = field(default_factory=Counter)
+    by_category: Counter[str] = field(default_factory=Counter)
+    quarantined: int = 0
+
+    def count_sample(self, sample: Sample) -> None:
+        self.by_split[sample.split] += 1
+        self.by_label[sample.label] += 1
+        self.by_category[sample.category] += 1
+
+    def counts(self) -> Counts:
+        return Counts(
+            total=sum(self.by_label.values()),
+            by_split=dict(sorted(self.by_split.items())),
+            by_label=dict(sorted(self.by_label.items())),
+            by_category=dict(sorted(self.by_category.items())),
+            quarantined=self.quarantined,
+        )
+
+
+class QuarantineLog:
+    """Appends quarantine entries and counts them per stage, code and source."""
+
+    def __init__(self, handle: IO[str], tallies: dict[str, SourceTally]) -> None:
+        self.handle = handle
+        self.tallies = tallies
+        self.by_stage: dict[str, Counter[str]] = {}
+        self.records = 0
+
+    def add(self, entry: QuarantineEntry) -> None:
+        self.handle.write(record_line(entry))
+        self.records += 1
+        self.by_stage.setdefault(entry.stage, Counter())[entry.code] += 1
+        if entry.source in self.tallies:
+            self.tallies[entry.source].quarantined += 1
+
+
+def open_builders(config: BuildConfig) -> list[SourceBuilder]:
+    builders: list[SourceBuilder] = []
+    out = config.out.expanduser().resolve()
+    for spec in config.sources:
+        builder = get_builder(spec.name)(spec.root)
+        if any(existing.name == builder.name for existing in builders):
+            raise ConfigError(f"--source {spec.name} is given twice; give each release once")
+        if out.is_relative_to(builder.root):
+            raise ConfigError(
+                f"--out {out} is inside the {builder.name} source root {builder.root}; "
+                "adinstruct never writes into a release"
+            )
+        builders.append(builder)
+    return builders
+
+
+def spool_listing(
+    builders: list[SourceBuilder],
+    spool: Path,
+    quarantine: QuarantineLog,
+    tallies: dict[str, SourceTally],
+    progress: Progress,
+) -> None:
+    """List every source into the spool file; source-stage problems go straight to quarantine."""
+    # Ids are checked for duplicates (000.png beside 000.PNG) by 16-byte digests: small enough
+    # that even a million samples cost little, unlike holding the samples themselves.
+    seen: set[bytes] = set()
+    progress.start("listing")
+    with spool.open("w", encoding="utf-8") as handle:
+        for builder in builders:
+            tally = tallies[builder.name]
+            for item in builder.iter_samples():
+                if isinstance(item, QuarantineEntry):
+                    quarantine.add(item)
+                    progress.advance(1, quarantined=1)
+                    continue
+                digest = hashlib.blake2b(item.id.encode(), digest_size=16).digest()
+                if digest in seen:
+                    quarantine.add(builder.quarantine(
+                        "duplicate_id",
+                        f"{item.image_paths[0]} has the same id {item.id} as an earlier file "
+                        "(same name with another extension?)",
+                        path=item.image_paths[0], sample_id=item.id,
+                    ))  # fmt: skip
+                    progress.advance(1, quarantined=1)
+                    continue
+                seen.add(digest)
+                handle.write(record_line(item))
+                tally.listed += 1
+                progress.advance(1)
+    progress.finish()
+
+
+def chosen_positions(tallies: dict[str, SourceTally], limit: int | None, seed: int):
+    """Per source, the positions in its listing that --limit keeps: a seeded uniform subset."""
+    if limit is None:
+        return None
+    chosen: dict[str, set[int]] = {}
+    for name, tally in tallies.items():
+        count = min(limit, tally.listed)
+        chosen[name] = set(random.Random(f"{seed}:{name}").sample(range(tally.listed), count))
+    return chosen
+
+
+def read_spool(spool: Path, chosen: dict[str, set[int]] | None) -> Iterator[Sample]:
+    position: Counter[str] = Counter()
+    with spool.open(encoding="utf-8") as handle:
+        for line in handle:
+            sample = Sample.model_validate_json(line)
+            index = position[sample.source]
+            position[sample.source] += 1
+            if chosen is None or index in chosen[sample.source]:
+                yield sample
+
+
+def output_file(out: Path, name: str, records: int) -> OutputFile:
+    path = out / name
+    return OutputFile(
+        path=name, records=records, bytes=path.stat().st_size, sha256=sha256_file(path)
+    )
+
+
+def build(config: BuildConfig, progress: Progress | None = None, command: list[str] | None = None):
+    """Run the build; returns the Manifest it wrote. Structural problems raise AdinstructError."""
+    progress = progress or Progress()
+    builders = open_builders(config)
+    out = config.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    tallies = {builder.name: SourceTally() for builder in builders}
+    stage = AnnotateStage(roots={builder.name: str(builder.root) for builder in builders})
+    stage_counts: dict[str, dict[str, int]] = {}
+    quarantine_codes: dict[str, dict[str, int]] = {}
+    samples_written = 0
+    try:
+        with (
+            atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
+            atomic_writer(out / SAMPLES_FILE) as samples_handle,
+        ):
+            quarantine = QuarantineLog(quarantine_handle, tallies)
+            spool = work / "listing.jsonl"
+            spool_listing(builders, spool, quarantine, tallies, progress)
+            chosen = chosen_positions(tallies, config.limit, config.seed)
+            selected = sum(
+                len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items()
+            )
+            progress.start("annotate", total=selected)
+            with make_runner(config.workers) as runner:
+                for result in runner.map(stage, read_spool(spool, chosen)):
+                    if isinstance(result, QuarantineEntry):
+                        quarantine.add(result)
+                        progress.advance(1, quarantined=1)
+                        continue
+                    samples_handle.write(record_line(result))
+                    tallies[result.source].count_sample(result)
+                    samples_written += 1
+                    progress.advance(1)
+            progress.finish()
+            listed = sum(tally.listed for tally in tallies.values())
+            source_quarantined = sum(quarantine.by_stage.get("source", Counter()).values())
+            stage_counts["source"] = {"out": listed, "quarantined": source_quarantined}
+            stage_counts["annotate"] = {
+                "in": selected,
+                "out": samples_written,
+                "quarantined": selected - samples_written,
+            }
+            quarantine_codes = {
+                name: dict(sorted(codes.items()))
+                for name, codes in sorted(quarantine.by_stage.items())
+            }
+            quarantine_records = quarantine.records
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    manifest = Manifest(
+        toolkit_version=__version__,
+        command=command or [],
+        config=config.public_config(),
+        sources=[
+            SourceInfo(
+                name=builder.name,
+                root=str(builder.root),
+                layout=builder.layout,
+                license=builder.license,
+                license_url=builder.license_url,
+                homepage=builder.homepage,
+                counts=tallies[builder.name].counts(),
+            )
+            for builder in builders
+        ],
+        outputs=[
+            output_file(out, SAMPLES_FILE, samples_written),
+            output_file(out, QUARANTINE_FILE, quarantine_records),
+        ],
+        stages=stage_counts,
+        quarantine_codes=quarantine_codes,
+    )
+    write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
+    return manifest

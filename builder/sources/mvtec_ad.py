@@ -1,0 +1,57 @@
+"""MVTec AD: 15 categories in the layout that many later releases copied."""
+
+from __future__ import annotations
+
+from adinstruct.builder.sources.mvtec_layout import MVTecStyle, MVTecStyleBuilder
+from adinstruct.schemas.records import Modality
+
+#: The release's single-channel categories.
+GREYSCALE_CATEGORIES = frozenset({"grid", "screw", "zipper"})
+
+
+def mvtec_modality(category: str) -> Modality:
+    return "grey" if category in GREYSCALE_CATEGORIES else "rgb"
+
+
+class MVTecAD(MVTecStyleBuilder):
+    name = "mvtec_ad"
+    aliases = ("mvtec", "mvtec-ad", "mvtecad")
+    title = "MVTec AD"
+    license = "CC-BY-NC-SA-4.0"
+    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+    homepage = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+    layouts = {
+        "categories": "<cat>/train/good/*.png, <cat>/test/<defect>/*.png and "
+        "<cat>/ground_truth/<defect>/*_mask.png under the root",
+        "single-category": "train/good/, test/<defect>/ and ground_truth/<defect>/ directly "
+        "under the root (one category)",
+    }
+    style = MVTecStyle(modality_of=mvtec_modality)
+
+
+class MPDD(MVTecStyleBuilder):
+    name = "mpdd"
+    aliases = ("mpdd",)
+    title = "MPDD"
+    license = "CC-BY-NC-SA-4.0"
+    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+    homepage = "https://github.com/stepanje/MPDD"
+    layouts = MVTecAD.layouts
+    style = MVTecStyle()
+
+
+class BTAD(MVTecStyleBuilder):
+    """BTAD: products 01-03, normal `ok`, anomalous `ko`, no defect names; .bmp or .png."""
+
+    name = "btad"
+    aliases = ("beantech",)
+    title = "BTAD"
+    license = "CC-BY-NC-SA-4.0"
+    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+    homepage = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
+    layouts = {
+        "categories": "<id>/train/ok/*.bmp|png, <id>/test/{ok,ko}/ and "
+        "<id>/ground_truth/ko/<stem>.png|bmp under the root",
+        "single-category": "train/ok/, test/ko/ and ground_truth/ko/ directly under the root",
+    }
+    style = MVTecStyle(normal_folders=frozenset({"ok"}), unnamed_defect_folders=frozenset({"ko"}))
