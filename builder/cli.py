@@ -78,7 +78,8 @@ def sources() -> None:
     for builder in list_builders():
         aliases = f"\n(also: {', '.join(builder.aliases)})" if builder.aliases else ""
         expects = "\nor ".join(builder.layouts.values())
-        table.add_row(builder.name + aliases, builder.title, builder.license, expects)
+        card = builder.card()
+        table.add_row(builder.name + aliases, card.title, card.license, expects)
     Console().print(table)
 
 

@@ -249,9 +249,9 @@ def build(config: BuildConfig, progress: Progress | None = None, command: list[s
                 name=builder.name,
                 root=str(builder.root),
                 layout=builder.layout,
-                license=builder.license,
-                license_url=builder.license_url,
-                homepage=builder.homepage,
+                license=builder.card().license,
+                license_url=builder.card().license_url,
+                homepage=builder.card().homepage,
                 counts=tallies[builder.name].counts(),
             )
             for builder in builders

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from adinstruct.builder.errors import LayoutError, PathEscapeError
 from adinstruct.builder.paths import resolve_inside
+from adinstruct.data_cards.catalog import SourceCard, source_card
 from adinstruct.schemas import MaskRef, QuarantineEntry, Sample
 from adinstruct.schemas.records import Label, Modality, Split
 
@@ -46,12 +47,10 @@ def subfolders(folder: Path) -> list[Path]:
 class SourceBuilder(ABC):
     """One release on disk. Construct with its root; construction checks the layout."""
 
+    #: The builder's name is also its key in the source catalog (data_cards/sources.json),
+    #: which holds the licence, homepage and citation: one place for every release's terms.
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
-    title: ClassVar[str]
-    license: ClassVar[str]
-    license_url: ClassVar[str | None] = None
-    homepage: ClassVar[str | None] = None
     #: Layout id -> what the builder expects there; shown by `build-dataset sources` and in
     #: the error when a root matches none of them.
     layouts: ClassVar[dict[str, str]]
@@ -70,6 +69,14 @@ class SourceBuilder(ABC):
     @abstractmethod
     def iter_samples(self) -> Iterator[SampleOrQuarantine]:
         """Yield samples (and quarantine entries for unpairable files) lazily, in a stable order."""
+
+    @classmethod
+    def card(cls) -> SourceCard:
+        return source_card(cls.name)
+
+    @property
+    def title(self) -> str:
+        return self.card().title
 
     # -- helpers shared by every release -------------------------------------------------
 

@@ -44,8 +44,6 @@ def is_category(folder: Path) -> bool:
 class Folder(SourceBuilder):
     name = "folder"
     aliases = ("own", "custom")
-    title = "image folder"
-    license = "unknown"
     layouts = {
         "single-category": "normal/ and anomaly/ folders of images under the root, with an "
         "optional masks/ folder matched by file stem",

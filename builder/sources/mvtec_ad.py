@@ -16,10 +16,6 @@ def mvtec_modality(category: str) -> Modality:
 class MVTecAD(MVTecStyleBuilder):
     name = "mvtec_ad"
     aliases = ("mvtec", "mvtec-ad", "mvtecad")
-    title = "MVTec AD"
-    license = "CC-BY-NC-SA-4.0"
-    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
-    homepage = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
     layouts = {
         "categories": "<cat>/train/good/*.png, <cat>/test/<defect>/*.png and "
         "<cat>/ground_truth/<defect>/*_mask.png under the root",
@@ -32,10 +28,6 @@ class MVTecAD(MVTecStyleBuilder):
 class MPDD(MVTecStyleBuilder):
     name = "mpdd"
     aliases = ("mpdd",)
-    title = "MPDD"
-    license = "CC-BY-NC-SA-4.0"
-    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
-    homepage = "https://github.com/stepanje/MPDD"
     layouts = MVTecAD.layouts
     style = MVTecStyle()
 
@@ -45,10 +37,6 @@ class BTAD(MVTecStyleBuilder):
 
     name = "btad"
     aliases = ("beantech",)
-    title = "BTAD"
-    license = "CC-BY-NC-SA-4.0"
-    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
-    homepage = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
     layouts = {
         "categories": "<id>/train/ok/*.bmp|png, <id>/test/{ok,ko}/ and "
         "<id>/ground_truth/ko/<stem>.png|bmp under the root",

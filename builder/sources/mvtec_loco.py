@@ -30,10 +30,6 @@ ANOMALY_FOLDERS = {"logical_anomalies": "logical", "structural_anomalies": "stru
 class MVTecLOCO(SourceBuilder):
     name = "mvtec_loco"
     aliases = ("loco", "mvtec-loco")
-    title = "MVTec LOCO AD"
-    license = "CC-BY-NC-SA-4.0"
-    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
-    homepage = "https://www.mvtec.com/company/research/datasets/mvtec-loco"
     layouts = {
         "categories": "<cat>/train/good/, <cat>/test/{good,logical_anomalies,"
         "structural_anomalies}/, <cat>/ground_truth/<type>/<stem>/*.png and "

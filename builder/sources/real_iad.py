@@ -39,10 +39,6 @@ CAMERA = re.compile(r"_(C\d)_")
 class RealIAD(SourceBuilder):
     name = "real_iad"
     aliases = ("realiad", "real-iad")
-    title = "Real-IAD"
-    license = "CC-BY-NC-SA-4.0"
-    license_url = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
-    homepage = "https://realiad4ad.github.io/Real-IAD/"
     layouts = {
         "jsons": "realiad_jsons/<cat>.json beside realiad_1024/ (or realiad_512/, realiad_256/, "
         "realiad_raw/) under the root",

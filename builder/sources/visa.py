@@ -47,11 +47,6 @@ def split_defect_names(label: str) -> list[str]:
 class VisA(SourceBuilder):
     name = "visa"
     aliases = ("visa_pytorch", "visa-pytorch")
-    title = "VisA"
-    # The official repository says CC BY 4.0; anomalib's docstring says CC BY-NC-SA 4.0.
-    license = "CC-BY-4.0"
-    license_url = "https://creativecommons.org/licenses/by/4.0/"
-    homepage = "https://github.com/amazon-science/spot-diff"
     layouts = {
         "raw": "split_csv/1cls.csv and <cat>/Data/Images/{Normal,Anomaly}/*.JPG with "
         "<cat>/Data/Masks/Anomaly/*.png (the raw release)",
