@@ -23,6 +23,7 @@ from adinstruct.builder.annotate import AnnotateStage
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
 from adinstruct.builder.progress import Progress
+from adinstruct.builder.redact import redact_command
 from adinstruct.builder.runner import make_runner
 from adinstruct.builder.sources import SourceBuilder, get_builder
 from adinstruct.schemas import Counts, Manifest, OutputFile, QuarantineEntry, Sample, SourceInfo
@@ -242,7 +243,7 @@ def build(config: BuildConfig, progress: Progress | None = None, command: list[s
         shutil.rmtree(work, ignore_errors=True)
     manifest = Manifest(
         toolkit_version=__version__,
-        command=command or [],
+        command=redact_command(command or []),
         config=config.public_config(),
         sources=[
             SourceInfo(

@@ -32,7 +32,7 @@ class Expected:
 class Tree:
     root: Path
     samples: dict[str, Expected] = field(default_factory=dict)
-    #: Quarantine codes a build must report, with the path (relative to root) they concern.
+    #: Quarantine codes a build must report, with the offending file (relative to the root).
     faults: list[tuple[str, str]] = field(default_factory=list)
 
     def expect(self, sample_id: str, **facts) -> None:
@@ -137,11 +137,11 @@ def plant_mvtec_faults(tree: Tree, source: str) -> None:
     # An empty mask on an anomalous image.
     write_image(base / "test/broken_large/002.png")
     write_mask(base / "ground_truth/broken_large/002_mask.png", [])
-    tree.faults.append(("mask_empty", "bottle/test/broken_large/002.png"))
+    tree.faults.append(("mask_empty", "bottle/ground_truth/broken_large/002_mask.png"))
     # A mask whose size differs from its image.
     write_image(base / "test/broken_large/003.png")
     write_mask(base / "ground_truth/broken_large/003_mask.png", [(1, 1, 5, 5)], size=32)
-    tree.faults.append(("mask_size_mismatch", "bottle/test/broken_large/003.png"))
+    tree.faults.append(("mask_size_mismatch", "bottle/ground_truth/broken_large/003_mask.png"))
     # An anomalous image without a mask, and a mask without an image.
     write_image(base / "test/broken_large/004.png")
     tree.faults.append(("mask_missing", "bottle/test/broken_large/004.png"))
