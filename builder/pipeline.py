@@ -48,7 +48,7 @@ class BuildConfig(BaseModel):
 
     def public_config(self) -> dict[str, Any]:
         return {
-            "sources": {spec.name: str(spec.root) for spec in self.sources},
+            "sources": {spec.name: str(spec.root.expanduser().resolve()) for spec in self.sources},
             "limit": self.limit,
             "seed": self.seed,
         }

@@ -1,0 +1,52 @@
+"""`build-dataset demo` from the installed script: offline, and counts match what it made."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adinstruct.builder.demo import generate_demo_tree
+from adinstruct.schemas import Manifest, Sample
+
+
+def console_script() -> Path:
+    script = Path(sys.executable).parent / "build-dataset"
+    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
+    return script
+
+
+def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
+    out = tmp_path / "demo"
+    # No key and no network: the demo must not need either.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
+    result = subprocess.run(
+        [console_script(), "demo", "--out", str(out), "--workers", "2"],
+        capture_output=True, text=True, timeout=300, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    generated = generate_demo_tree(tmp_path / "again", seed=0)
+    manifest = Manifest.model_validate_json((out / "manifest.json").read_text())
+    (source,) = manifest.sources
+    assert source.name == "mvtec_ad" and source.license == "CC-BY-NC-SA-4.0"
+    assert source.counts.total == generated.total
+    assert source.counts.by_label == {"anomaly": generated.anomalous, "normal": generated.normal}
+    assert source.counts.quarantined == 0
+    expected_categories = {c.name: sum(sum(x.values()) for x in c.counts.values())
+                           for c in generated.categories}  # fmt: skip
+    assert source.counts.by_category == expected_categories
+    samples = [Sample.model_validate_json(line) for line in (out / "samples.jsonl").open()]
+    assert len(samples) == generated.total
+    masks = {a.image: a for c in generated.categories for a in c.anomalies}
+    for sample in samples:
+        if sample.label == "anomaly":
+            planted = masks[sample.image_paths[0]]
+            assert sample.defect_types == [planted.defect]
+            x0 = min(b[0] for b in sample.annotation.bboxes)
+            y0 = min(b[1] for b in sample.annotation.bboxes)
+            assert (x0, y0) == tuple(planted.mask_bbox[:2])
+    outputs = {o.path: o for o in manifest.outputs}
+    assert outputs["samples.jsonl"].records == generated.total
+    assert json.loads((out / "manifest.json").read_text())["toolkit_version"]
