@@ -20,6 +20,9 @@ from pydantic import BaseModel, Field
 
 from adinstruct import __version__
 from adinstruct.builder.annotate import AnnotateStage
+from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
+from adinstruct.builder.annotate.hashing import PHASH_RECIPE
+from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
 from adinstruct.builder.progress import Progress
@@ -51,6 +54,11 @@ class BuildConfig(BaseModel):
             "sources": {spec.name: str(spec.root.expanduser().resolve()) for spec in self.sources},
             "limit": self.limit,
             "seed": self.seed,
+            "annotate": {
+                "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
+                "grid_min_share": DEFAULT_GRID_MIN_SHARE,
+                "phash": PHASH_RECIPE,
+            },
         }
 
 

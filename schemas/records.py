@@ -69,6 +69,9 @@ class DefectMask(Record):
     rle: RLE
     area_fraction: float = Field(ge=0, le=1)
     region_count: int = Field(ge=0)
+    bboxes: list[tuple[int, int, int, int]] = Field(
+        default_factory=list, description="COCO [x, y, w, h] of each of its connected regions."
+    )
     grid_cells: list[GridWord]
 
 

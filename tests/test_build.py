@@ -59,6 +59,7 @@ def test_one_sample_per_good_image_with_the_planted_facts(planted, built):
         assert sorted(d.lower() for d in sample.defect_types) == sorted(facts.defect_types)
         annotation = sample.annotation
         assert annotation is not None and annotation.mode == facts.mode
+        assert sample.modality == ("grey" if facts.mode == "L" else "rgb")
         if facts.bbox is None:
             assert annotation.mask_rle is None and annotation.region_count == 0
             continue
@@ -78,6 +79,8 @@ def test_visa_masks_are_split_into_named_defects(built):
     samples = {s.id: s for s in read_jsonl(out / "samples.jsonl", Sample)}
     pcb = samples["visa/pcb1/Data/Images/Anomaly/000"].annotation
     assert [d.defect_type for d in pcb.defects] == ["Bent", "Scratch"]
+    # Planted as id 1 at x 2..10, y 2..10 and id 3 at x 30..40, y 30..44.
+    assert [d.bboxes for d in pcb.defects] == [[(2, 2, 8, 8)], [(30, 30, 10, 14)]]
     assert pcb.region_count == 2
 
 
