@@ -7,6 +7,7 @@ status. Heavy modules (datasets, torch) are imported only by the commands that n
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -122,14 +123,18 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Generate a small synthetic release and run every stage on it, offline."""
-    from adinstruct.builder.demo import generate_demo_tree
+    from adinstruct.builder.demo import generate_demo_tree, is_generated_tree
     from adinstruct.builder.pipeline import BuildConfig, SourceSpec
 
-    source_root = out / "source" / "mvtec_ad"
+    source_root = out / "source" / "demo"
+    if is_generated_tree(source_root):
+        # A second demo into the same folder replaces the synthetic tree the first one wrote;
+        # anything else found there is left alone (generate_demo_tree refuses to mix).
+        shutil.rmtree(source_root)
     tree = generate_demo_tree(source_root, seed=seed)
-    say(f"generated {tree.total} synthetic images in the MVTec AD layout at {source_root}", quiet)
+    say(f"generated {tree.total} synthetic images (MVTec AD layout, CC0) in {source_root}", quiet)
     config = BuildConfig(
-        sources=[SourceSpec(name="mvtec_ad", root=source_root)], out=out, workers=workers, seed=seed
+        sources=[SourceSpec(name="demo", root=source_root)], out=out, workers=workers, seed=seed
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)

@@ -77,7 +77,14 @@ def pool_context() -> multiprocessing.context.BaseContext:
     # a clean single-threaded server, cheaply, where the platform has it.
     if sys.platform.startswith("linux"):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["adinstruct.builder.annotate", "adinstruct.schemas"])
+        context.set_forkserver_preload(
+            [
+                "adinstruct.builder.annotate",
+                "adinstruct.schemas",
+                "scipy.ndimage",
+                "pycocotools.mask",
+            ]
+        )
         return context
     return multiprocessing.get_context("spawn")
 

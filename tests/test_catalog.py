@@ -27,6 +27,7 @@ EXPECTED_SOURCES = {
     "mpdd",
     "real_iad",
     "folder",
+    "demo",
     "bmad_brain",
     "bmad_liver",
     "bmad_retina_resc",

@@ -30,7 +30,8 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
     generated = generate_demo_tree(tmp_path / "again", seed=0)
     manifest = Manifest.model_validate_json((out / "manifest.json").read_text())
     (source,) = manifest.sources
-    assert source.name == "mvtec_ad" and source.license == "CC-BY-NC-SA-4.0"
+    # The synthetic content is CC0, whatever layout it imitates.
+    assert source.name == "demo" and source.license == "CC0-1.0"
     assert source.counts.total == generated.total
     assert source.counts.by_label == {"anomaly": generated.anomalous, "normal": generated.normal}
     assert source.counts.quarantined == 0
@@ -50,3 +51,13 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
     outputs = {o.path: o for o in manifest.outputs}
     assert outputs["samples.jsonl"].records == generated.total
     assert json.loads((out / "manifest.json").read_text())["toolkit_version"]
+    # Running the demo again into the same folder replaces its synthetic tree, same bytes out.
+    again = subprocess.run(
+        [console_script(), "demo", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=environment,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (
+        outputs["samples.jsonl"].sha256
+        == Manifest.model_validate_json((out / "manifest.json").read_text()).outputs[0].sha256
+    )

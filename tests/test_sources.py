@@ -207,3 +207,9 @@ def test_every_builder_records_its_licence():
 def test_unknown_source_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"known sources: .*mvtec_ad"):
         get_builder("kitti")
+
+
+def test_every_builder_has_a_catalog_card():
+    for builder in list_builders():
+        card = builder.card()
+        assert card.name == builder.name and card.title and card.license

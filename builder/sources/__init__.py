@@ -5,13 +5,14 @@ from __future__ import annotations
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.sources.base import SourceBuilder
 from adinstruct.builder.sources.folder import Folder
-from adinstruct.builder.sources.mvtec_ad import BTAD, MPDD, MVTecAD
+from adinstruct.builder.sources.mvtec_ad import BTAD, MPDD, MVTecAD, SyntheticDemo
 from adinstruct.builder.sources.mvtec_loco import MVTecLOCO
 from adinstruct.builder.sources.real_iad import RealIAD
 from adinstruct.builder.sources.visa import VisA
 
 BUILDERS: dict[str, type[SourceBuilder]] = {
-    builder.name: builder for builder in (MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, Folder)
+    builder.name: builder
+    for builder in (MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, Folder, SyntheticDemo)
 }
 
 

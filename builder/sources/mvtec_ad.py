@@ -25,6 +25,15 @@ class MVTecAD(MVTecStyleBuilder):
     style = MVTecStyle(modality_of=mvtec_modality)
 
 
+class SyntheticDemo(MVTecStyleBuilder):
+    """The built-in synthetic sample (`build-dataset demo`): MVTec's layout, CC0 content."""
+
+    name = "demo"
+    aliases = ("synthetic",)
+    layouts = {"categories": "a tree written by adinstruct.builder.demo (the MVTec AD layout)"}
+    style = MVTecStyle(modality_of=mvtec_modality)
+
+
 class MPDD(MVTecStyleBuilder):
     name = "mpdd"
     aliases = ("mpdd",)
