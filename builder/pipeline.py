@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -103,15 +104,18 @@ class QuarantineLog:
     def __init__(self, handle: IO[str], tallies: dict[str, SourceTally]) -> None:
         self.handle = handle
         self.tallies = tallies
-        self.by_stage: dict[str, Counter[str]] = {}
+        self.by_stage: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.records = 0
 
     def add(self, entry: QuarantineEntry) -> None:
         self.handle.write(record_line(entry))
         self.records += 1
-        self.by_stage.setdefault(entry.stage, Counter())[entry.code] += 1
+        self.by_stage[entry.stage][entry.code] += 1
         if entry.source in self.tallies:
             self.tallies[entry.source].quarantined += 1
+
+    def count(self, stage: str) -> int:
+        return sum(self.by_stage[stage].values()) if stage in self.by_stage else 0
 
 
 def open_builders(config: BuildConfig) -> list[SourceBuilder]:
@@ -196,81 +200,99 @@ def output_file(out: Path, name: str, records: int) -> OutputFile:
     )
 
 
-def build(config: BuildConfig, progress: Progress | None = None, command: list[str] | None = None):
-    """Run the build; returns the Manifest it wrote. Structural problems raise AdinstructError."""
+@contextmanager
+def work_folder(out: Path) -> Iterator[Path]:
+    """A scratch folder inside the output, removed however the build ends."""
+    work = out / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def annotate_into(
+    samples_handle: IO[str],
+    samples: Iterator[Sample],
+    stage: AnnotateStage,
+    workers: int | None,
+    quarantine: QuarantineLog,
+    tallies: dict[str, SourceTally],
+    progress: Progress,
+) -> int:
+    """Stream samples through the stage into samples.jsonl; returns how many were written."""
+    written = 0
+    with make_runner(workers) as runner:
+        for result in runner.map(stage, samples):
+            if isinstance(result, QuarantineEntry):
+                quarantine.add(result)
+                progress.advance(1, quarantined=1)
+                continue
+            samples_handle.write(record_line(result))
+            tallies[result.source].count_sample(result)
+            written += 1
+            progress.advance(1)
+    progress.finish()
+    return written
+
+
+def build(
+    config: BuildConfig, progress: Progress | None = None, command: list[str] | None = None
+) -> Manifest:
+    """Run the build and write its folder; structural problems raise AdinstructError first."""
     progress = progress or Progress()
     builders = open_builders(config)
     out = config.out.expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / WORK_DIR
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
     tallies = {builder.name: SourceTally() for builder in builders}
     stage = AnnotateStage(roots={builder.name: str(builder.root) for builder in builders})
-    stage_counts: dict[str, dict[str, int]] = {}
-    quarantine_codes: dict[str, dict[str, int]] = {}
-    samples_written = 0
-    try:
-        with (
-            atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
-            atomic_writer(out / SAMPLES_FILE) as samples_handle,
-        ):
-            quarantine = QuarantineLog(quarantine_handle, tallies)
-            spool = work / "listing.jsonl"
-            spool_listing(builders, spool, quarantine, tallies, progress)
-            chosen = chosen_positions(tallies, config.limit, config.seed)
-            selected = sum(
-                len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items()
-            )
-            progress.start("annotate", total=selected)
-            with make_runner(config.workers) as runner:
-                for result in runner.map(stage, read_spool(spool, chosen)):
-                    if isinstance(result, QuarantineEntry):
-                        quarantine.add(result)
-                        progress.advance(1, quarantined=1)
-                        continue
-                    samples_handle.write(record_line(result))
-                    tallies[result.source].count_sample(result)
-                    samples_written += 1
-                    progress.advance(1)
-            progress.finish()
-            listed = sum(tally.listed for tally in tallies.values())
-            source_quarantined = sum(quarantine.by_stage.get("source", Counter()).values())
-            stage_counts["source"] = {"out": listed, "quarantined": source_quarantined}
-            stage_counts["annotate"] = {
-                "in": selected,
-                "out": samples_written,
-                "quarantined": selected - samples_written,
-            }
-            quarantine_codes = {
-                name: dict(sorted(codes.items()))
-                for name, codes in sorted(quarantine.by_stage.items())
-            }
-            quarantine_records = quarantine.records
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with (
+        work_folder(out) as work,
+        atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
+        atomic_writer(out / SAMPLES_FILE) as samples_handle,
+    ):
+        quarantine = QuarantineLog(quarantine_handle, tallies)
+        spool = work / "listing.jsonl"
+        spool_listing(builders, spool, quarantine, tallies, progress)
+        chosen = chosen_positions(tallies, config.limit, config.seed)
+        selected = sum(
+            len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items()
+        )
+        progress.start("annotate", total=selected)
+        written = annotate_into(
+            samples_handle, read_spool(spool, chosen), stage, config.workers, quarantine,
+            tallies, progress,
+        )  # fmt: skip
+    listed = sum(tally.listed for tally in tallies.values())
     manifest = Manifest(
         toolkit_version=__version__,
         command=redact_command(command or []),
         config=config.public_config(),
-        sources=[
-            SourceInfo(
-                name=builder.name,
-                root=str(builder.root),
-                layout=builder.layout,
-                license=builder.card().license,
-                license_url=builder.card().license_url,
-                homepage=builder.card().homepage,
-                counts=tallies[builder.name].counts(),
-            )
-            for builder in builders
-        ],
+        sources=[source_info(builder, tallies[builder.name]) for builder in builders],
         outputs=[
-            output_file(out, SAMPLES_FILE, samples_written),
-            output_file(out, QUARANTINE_FILE, quarantine_records),
+            output_file(out, SAMPLES_FILE, written),
+            output_file(out, QUARANTINE_FILE, quarantine.records),
         ],
-        stages=stage_counts,
-        quarantine_codes=quarantine_codes,
+        stages={
+            "source": {"out": listed, "quarantined": quarantine.count("source")},
+            "annotate": {"in": selected, "out": written, "quarantined": selected - written},
+        },
+        quarantine_codes={
+            name: dict(sorted(codes.items())) for name, codes in sorted(quarantine.by_stage.items())
+        },
     )
     write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
     return manifest
+
+
+def source_info(builder: SourceBuilder, tally: SourceTally) -> SourceInfo:
+    card = builder.card()
+    return SourceInfo(
+        name=builder.name,
+        root=str(builder.root),
+        layout=builder.layout,
+        license=card.license,
+        license_url=card.license_url,
+        homepage=card.homepage,
+        counts=tally.counts(),
+    )
