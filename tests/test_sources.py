@@ -213,3 +213,25 @@ def test_every_builder_has_a_catalog_card():
     for builder in list_builders():
         card = builder.card()
         assert card.name == builder.name and card.title and card.license
+
+
+def test_index_files_linked_from_outside_are_never_read(tmp_path):
+    secret = tmp_path / "elsewhere" / "secret.json"
+    secret.parent.mkdir()
+    secret.write_text('[{"defect_name": "leaked", "pixel_value": 1}]')
+    tree = trees.write_mvtec_loco(tmp_path / "loco")
+    config = tree.root / "breakfast_box" / "defects_config.json"
+    config.unlink()
+    config.symlink_to(secret)
+    samples, entries = listing("mvtec_loco", tree.root)
+    assert [entry.code for entry in entries] == ["bad_defects_config"]
+    assert "outside the source root" in entries[0].reason
+    assert all(m.value_names is None for s in samples.values() for m in s.masks)
+
+    visa = trees.write_visa_raw(tmp_path / "VisA")
+    split = visa.root / "split_csv" / "1cls.csv"
+    (tmp_path / "elsewhere" / "1cls.csv").write_bytes(split.read_bytes())
+    split.unlink()
+    split.symlink_to(tmp_path / "elsewhere" / "1cls.csv")
+    with pytest.raises(LayoutError, match="outside the source root"):
+        listing("visa", visa.root)

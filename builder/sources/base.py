@@ -137,6 +137,16 @@ class SourceBuilder(ABC):
         """
         return resolve_inside(self.root, relative)
 
+    def read_index(self, path: Path) -> str:
+        """The text of an index or config file of the release, refusing one linked from outside.
+
+        Raises PathEscapeError (for per-category files, which the caller quarantines) or
+        OSError; the file's name is in both messages.
+        """
+        if not path.resolve().is_relative_to(self.root):
+            raise PathEscapeError(f"{self.rel(path)} is a link to a file outside the source root")
+        return path.read_text(encoding="utf-8-sig")
+
     def escape_entry(self, error: PathEscapeError, index_file: str, relative: str):
         return self.quarantine(
             "path_outside_root",

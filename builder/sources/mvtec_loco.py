@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from adinstruct.builder.errors import PathEscapeError
 from adinstruct.builder.sources.base import (
     SampleOrQuarantine,
     SourceBuilder,
@@ -59,11 +60,11 @@ class MVTecLOCO(SourceBuilder):
     def read_defects_config(self, category_root: Path) -> dict[int, str] | SampleOrQuarantine:
         config = category_root / "defects_config.json"
         try:
-            entries = json.loads(config.read_text(encoding="utf-8"))
+            entries = json.loads(self.read_index(config))
             return {int(entry["pixel_value"]): str(entry["defect_name"]) for entry in entries}
         except FileNotFoundError:
             return {}
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, PathEscapeError) as error:
             return self.quarantine(
                 "bad_defects_config",
                 f"{self.rel(config)} is not a list of {{defect_name, pixel_value}}: {error}",

@@ -81,10 +81,10 @@ class RealIAD(SourceBuilder):
     def iter_index(self, index_file: Path) -> Iterator[SampleOrQuarantine]:
         index_rel = self.rel(index_file)
         try:
-            index = json.loads(index_file.read_text(encoding="utf-8"))
+            index = json.loads(self.read_index(index_file))
             meta = index["meta"]
             prefix, normal_class = str(meta.get("prefix") or ""), str(meta["normal_class"])
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, PathEscapeError) as error:
             yield self.quarantine(
                 "bad_index", f"{index_rel} is not a Real-IAD index with meta.normal_class: {error}",
                 path=index_rel,

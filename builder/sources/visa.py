@@ -13,6 +13,7 @@ only binarised masks under ground_truth/bad/, so its defect names are lost.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from functools import cache
@@ -85,18 +86,19 @@ class VisA(SourceBuilder):
     def iter_raw(self) -> Iterator[SampleOrQuarantine]:
         split_csv = f"split_csv/{self.split_file}.csv"
         anno_by_category: dict[str, dict[str, list[str]]] = {}
-        with (self.root / split_csv).open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or ())
-            if missing:
-                raise self.layout_error(f"{split_csv} lacks the columns {sorted(missing)}")
-            for row_number, row in enumerate(reader, start=2):
-                category = row["object"].strip()
-                if category not in anno_by_category:
-                    anno_by_category[category] = self.read_image_anno(category)
-                yield self.raw_row(
-                    row, f"{split_csv} line {row_number}", anno_by_category[category]
-                )
+        try:
+            text = self.read_index(self.root / split_csv)
+        except PathEscapeError as error:
+            raise self.layout_error(str(error)) from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or ())
+        if missing:
+            raise self.layout_error(f"{split_csv} lacks the columns {sorted(missing)}")
+        for row_number, row in enumerate(reader, start=2):
+            category = row["object"].strip()
+            if category not in anno_by_category:
+                anno_by_category[category] = self.read_image_anno(category)
+            yield self.raw_row(row, f"{split_csv} line {row_number}", anno_by_category[category])
 
     def raw_row(
         self, row: dict[str, str], where: str, defect_names: dict[str, list[str]]
@@ -144,16 +146,17 @@ class VisA(SourceBuilder):
 
     def read_image_anno(self, category: str) -> dict[str, list[str]]:
         """image path -> defect names, from <cat>/image_anno.csv when the release has it."""
-        path = self.root / category / "image_anno.csv"
-        if not path.is_file() or not path.resolve().is_relative_to(self.root):
-            return {}
+        try:
+            # The category comes from the split CSV, so it is checked like any indexed path.
+            text = self.read_index(self.resolve_indexed(f"{category}/image_anno.csv"))
+        except (PathEscapeError, FileNotFoundError):
+            return {}  # the defect names then come from the mask pixels alone
         names: dict[str, list[str]] = {}
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                image = PurePosixPath((row.get("image") or "").strip().replace("\\", "/"))
-                if not image.parts:
-                    continue
-                # Some copies write the path relative to the category folder.
-                key = image if image.parts[0] == category else PurePosixPath(category, image)
-                names[key.as_posix()] = split_defect_names(row.get("label") or "")
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            image = PurePosixPath((row.get("image") or "").strip().replace("\\", "/"))
+            if not image.parts:
+                continue
+            # Some copies write the path relative to the category folder.
+            key = image if image.parts[0] == category else PurePosixPath(category, image)
+            names[key.as_posix()] = split_defect_names(row.get("label") or "")
         return names
