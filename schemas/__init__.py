@@ -1,7 +1,6 @@
 """Pydantic models for every record adinstruct reads or writes, and their JSON Schema files."""
 
 from adinstruct.schemas.instruct import (
-    Description,
     DetectionItem,
     InstructionRecord,
     MMADItem,
@@ -16,6 +15,7 @@ from adinstruct.schemas.records import (
     RLE,
     Annotation,
     DefectMask,
+    Description,
     MaskRef,
     QuarantineEntry,
     Region,

@@ -13,14 +13,13 @@ from pathlib import Path
 from pydantic import BaseModel, RootModel
 
 from adinstruct.schemas.instruct import (
-    Description,
     DetectionItem,
     InstructionRecord,
     MMADItem,
     ReasoningItem,
 )
 from adinstruct.schemas.manifest import Manifest
-from adinstruct.schemas.records import Annotation, QuarantineEntry, Sample
+from adinstruct.schemas.records import Annotation, Description, QuarantineEntry, Sample
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 

@@ -9,19 +9,6 @@ from pydantic import ConfigDict, Field, field_validator
 from adinstruct.schemas.records import Record
 
 
-class Description(Record):
-    """A grounded description of one sample, as a describer (template or LLM) returns it."""
-
-    anomaly_present: bool
-    defect_type: str | None = None
-    location: str | None = Field(default=None, description="Grid words, e.g. 'top left'.")
-    appearance: str | None = None
-    likely_cause: str | None = None
-    effect: str | None = None
-    prevention: str | None = None
-    object_description: str | None = Field(default=None, description="For normal images.")
-
-
 class Turn(Record):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 

@@ -100,6 +100,19 @@ class Annotation(Record):
     )
 
 
+class Description(Record):
+    """A grounded description of one sample, as a describer (template or LLM) returns it."""
+
+    anomaly_present: bool
+    defect_type: str | None = None
+    location: str | None = Field(default=None, description="Grid words, e.g. 'top left'.")
+    appearance: str | None = None
+    likely_cause: str | None = None
+    effect: str | None = None
+    prevention: str | None = None
+    object_description: str | None = Field(default=None, description="For normal images.")
+
+
 class Sample(Record):
     """One image (or one multi-view object) of a release, as its files and labels say."""
 
@@ -124,6 +137,12 @@ class Sample(Record):
     )
     extra: dict[str, str] = Field(default_factory=dict, description="Release-specific facts.")
     annotation: Annotation | None = None
+    description: Description | None = Field(
+        default=None, description="What the describe stage said about the sample."
+    )
+    describer: str | None = Field(
+        default=None, description="Which describer wrote it: 'template' or 'openai:<model>'."
+    )
 
 
 class QuarantineEntry(Record):
