@@ -55,3 +55,20 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 def count_lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for line in handle if line.strip())
+
+
+class JsonListWriter:
+    """Streams records into a JSON list (LLaVA's loaders read a list, not JSON lines)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.records = 0
+        handle.write("[")
+
+    def write(self, record: BaseModel) -> None:
+        self.handle.write(",\n" if self.records else "\n")
+        self.handle.write(record.model_dump_json(by_alias=True, exclude_none=False))
+        self.records += 1
+
+    def close(self) -> None:
+        self.handle.write("\n]\n" if self.records else "]\n")
