@@ -33,7 +33,11 @@ def test_wheel_installs_only_the_adinstruct_namespace(wheel):
         "adinstruct/schemas/sample.schema.json",
         "adinstruct/builder/sources/data/visa_id2class.json",
         "adinstruct/data_cards/sources.json",
+        "adinstruct/templates/describe_user.j2",
         "adinstruct/builder/cli.py",
+        "adinstruct/builder/describe/template.py",
+        "adinstruct/builder/compose/compose.py",
+        "adinstruct/templates/questions/detection.j2",
     ):
         assert data_file in names, data_file
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -61,3 +65,16 @@ def test_plain_install_runs_build_dataset(wheel, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "mvtec_ad" in result.stdout and "CC-BY-NC-SA-4.0" in result.stdout
+
+
+@pytest.mark.slow
+def test_every_package_of_the_tree_is_in_the_wheel(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    roots = {"builder": "adinstruct/builder", "schemas": "adinstruct/schemas",
+             "templates": "adinstruct/templates", "validators": "adinstruct/validators",
+             "data_cards": "adinstruct/data_cards"}  # fmt: skip
+    for folder, installed in roots.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder).as_posix()
+            wanted = f"{installed}/{relative}/__init__.py".replace("/./", "/")
+            assert wanted in names, f"{init.parent} is not packaged: add it to pyproject"
