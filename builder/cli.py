@@ -62,6 +62,8 @@ def summary(manifest, out: Path) -> str:
             f"  {source.name}: {counts.total} samples ({labels or 'none'}), "
             f"{counts.quarantined} quarantined, licence {source.license}"
         )
+    for output in manifest.outputs:
+        lines.append(f"  {output.path}: {output.records} records")
     return "\n".join(lines)
 
 
@@ -99,10 +101,25 @@ def build(
     ] = None,
     workers: Workers = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="anomaly-instruct: describe every sample and compose training records."),
+    ] = None,
+    describer: Annotated[
+        str | None,
+        typer.Option(
+            help="template (offline) or openai; default: openai when OPENAI_API_KEY "
+            "is set, else template."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="LLM for the openai describer.")] = None,
+    images: Annotated[
+        str, typer.Option(help="How record images reach DIR/images: copy or hardlink.")
+    ] = "copy",
     quiet: Quiet = False,
 ) -> None:
     """Build a dataset folder from releases on disk."""
-    from adinstruct.builder.pipeline import BuildConfig, parse_source_spec
+    from adinstruct.builder.pipeline import BuildConfig, instruct_config, parse_source_spec
 
     config = BuildConfig(
         sources=[parse_source_spec(text) for text in source],
@@ -110,6 +127,7 @@ def build(
         limit=limit,
         workers=workers,
         seed=seed,
+        instruct=instruct_config(recipe, describer, model, images),
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)
@@ -124,7 +142,7 @@ def demo(
 ) -> None:
     """Generate a small synthetic release and run every stage on it, offline."""
     from adinstruct.builder.demo import generate_demo_tree, is_generated_tree
-    from adinstruct.builder.pipeline import BuildConfig, SourceSpec
+    from adinstruct.builder.pipeline import BuildConfig, SourceSpec, instruct_config
 
     source_root = out / "source" / "demo"
     if is_generated_tree(source_root):
@@ -134,7 +152,12 @@ def demo(
     tree = generate_demo_tree(source_root, seed=seed)
     say(f"generated {tree.total} synthetic images (MVTec AD layout, CC0) in {source_root}", quiet)
     config = BuildConfig(
-        sources=[SourceSpec(name="demo", root=source_root)], out=out, workers=workers, seed=seed
+        sources=[SourceSpec(name="demo", root=source_root)],
+        out=out,
+        workers=workers,
+        seed=seed,
+        # Offline by design: the template describer, whatever key the environment holds.
+        instruct=instruct_config("anomaly-instruct", "template", None, "copy"),
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)

@@ -8,6 +8,7 @@ without holding the dataset in memory. Results stream to their files in input or
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 from collections import Counter, defaultdict
@@ -24,7 +25,17 @@ from adinstruct.builder.annotate import AnnotateStage
 from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
 from adinstruct.builder.annotate.hashing import PHASH_RECIPE
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
+from adinstruct.builder.describe.base import Describer
+from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
+from adinstruct.builder.images import Placement
+from adinstruct.builder.instruct import (
+    INSTRUCT_FILE,
+    RECIPES,
+    InstructConfig,
+    provenance,
+    write_instruct,
+)
 from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
 from adinstruct.builder.progress import Progress
 from adinstruct.builder.redact import redact_command
@@ -49,6 +60,9 @@ class BuildConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1, description="At most N samples per source.")
     workers: int | None = Field(default=None, ge=1)
     seed: int = 0
+    instruct: InstructConfig | None = Field(
+        default=None, description="The anomaly-instruct recipe: describe and compose records."
+    )
 
     def public_config(self) -> dict[str, Any]:
         return {
@@ -60,7 +74,33 @@ class BuildConfig(BaseModel):
                 "grid_min_share": DEFAULT_GRID_MIN_SHARE,
                 "phash": PHASH_RECIPE,
             },
+            "instruct": provenance(self.instruct, self.seed) if self.instruct else None,
         }
+
+
+def instruct_config(
+    recipe: str | None, describer: str | None, model: str | None, images: str
+) -> InstructConfig | None:
+    """The recipe part of a build from command-line words, with errors a person can act on."""
+    if recipe is None:
+        if describer or model:
+            raise ConfigError("--describer and --model need --recipe anomaly-instruct")
+        return None
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+    chosen = describer or ("openai" if os.environ.get("OPENAI_API_KEY") else "template")
+    if chosen not in ("template", "openai"):
+        raise ConfigError(f"unknown describer {chosen!r}; use template or openai")
+    if chosen == "openai" and not model:
+        raise ConfigError(
+            "the openai describer needs --model (OPENAI_API_KEY is set, so it was chosen; "
+            "pass --describer template to stay offline)"
+        )
+    if images not in {placement.value for placement in Placement}:
+        raise ConfigError(f"--images must be copy or hardlink, got {images!r}")
+    return InstructConfig(
+        recipe=recipe, describer=chosen, model=model, images=Placement(images)
+    )  # fmt: skip
 
 
 def parse_source_spec(text: str) -> SourceSpec:
@@ -213,15 +253,14 @@ def work_folder(out: Path) -> Iterator[Path]:
 
 
 def annotate_into(
-    samples_handle: IO[str],
+    spool_handle: IO[str],
     samples: Iterator[Sample],
     stage: AnnotateStage,
     workers: int | None,
     quarantine: QuarantineLog,
-    tallies: dict[str, SourceTally],
     progress: Progress,
 ) -> int:
-    """Stream samples through the stage into samples.jsonl; returns how many were written."""
+    """Stream samples through the stage into the annotated spool; returns how many passed."""
     written = 0
     with make_runner(workers) as runner:
         for result in runner.map(stage, samples):
@@ -229,12 +268,23 @@ def annotate_into(
                 quarantine.add(result)
                 progress.advance(1, quarantined=1)
                 continue
-            samples_handle.write(record_line(result))
-            tallies[result.source].count_sample(result)
+            spool_handle.write(record_line(result))
             written += 1
             progress.advance(1)
     progress.finish()
     return written
+
+
+def read_samples(path: Path) -> Iterator[Sample]:
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            yield Sample.model_validate_json(line)
+
+
+def make_describer(config: InstructConfig) -> Describer:
+    if config.describer == "template":
+        return TemplateDescriber()
+    raise ConfigError("the openai describer is not wired into build yet; use --describer template")
 
 
 def build(
@@ -244,45 +294,101 @@ def build(
     progress = progress or Progress()
     builders = open_builders(config)
     out = config.out.expanduser().resolve()
+    roots = {builder.name: builder.root for builder in builders}
     tallies = {builder.name: SourceTally() for builder in builders}
-    stage = AnnotateStage(roots={builder.name: str(builder.root) for builder in builders})
+    stage = AnnotateStage(roots={name: str(root) for name, root in roots.items()})
+    describer = make_describer(config.instruct) if config.instruct else None
+    stages: dict[str, dict[str, int]] = {}
     with (
         work_folder(out) as work,
         atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
-        atomic_writer(out / SAMPLES_FILE) as samples_handle,
     ):
         quarantine = QuarantineLog(quarantine_handle, tallies)
-        spool = work / "listing.jsonl"
-        spool_listing(builders, spool, quarantine, tallies, progress)
+        listing = work / "listing.jsonl"
+        spool_listing(builders, listing, quarantine, tallies, progress)
         chosen = chosen_positions(tallies, config.limit, config.seed)
         selected = sum(
             len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items()
         )
         progress.start("annotate", total=selected)
-        written = annotate_into(
-            samples_handle, read_spool(spool, chosen), stage, config.workers, quarantine,
-            tallies, progress,
-        )  # fmt: skip
-    listed = sum(tally.listed for tally in tallies.values())
+        annotated = work / "annotated.jsonl"
+        with annotated.open("w", encoding="utf-8") as spool_handle:
+            passed = annotate_into(
+                spool_handle, read_spool(listing, chosen), stage, config.workers, quarantine,
+                progress,
+            )  # fmt: skip
+        listed = sum(tally.listed for tally in tallies.values())
+        stages["source"] = {"out": listed, "quarantined": quarantine.count("source")}
+        stages["annotate"] = {"in": selected, "out": passed, "quarantined": selected - passed}
+
+        written, outputs = finish_samples(
+            out, annotated, config, describer, roots, quarantine, tallies, progress, stages
+        )
     manifest = Manifest(
         toolkit_version=__version__,
         command=redact_command(command or []),
         config=config.public_config(),
         sources=[source_info(builder, tallies[builder.name]) for builder in builders],
         outputs=[
-            output_file(out, SAMPLES_FILE, written),
-            output_file(out, QUARANTINE_FILE, quarantine.records),
+            output_file(out, name, records)
+            for name, records in [
+                (SAMPLES_FILE, written),
+                (QUARANTINE_FILE, quarantine.records),
+                *outputs,
+            ]
         ],
-        stages={
-            "source": {"out": listed, "quarantined": quarantine.count("source")},
-            "annotate": {"in": selected, "out": written, "quarantined": selected - written},
-        },
+        stages=stages,
         quarantine_codes={
             name: dict(sorted(codes.items())) for name, codes in sorted(quarantine.by_stage.items())
         },
     )
     write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
     return manifest
+
+
+def finish_samples(
+    out: Path,
+    annotated: Path,
+    config: BuildConfig,
+    describer: Describer | None,
+    roots: dict[str, Path],
+    quarantine: QuarantineLog,
+    tallies: dict[str, SourceTally],
+    progress: Progress,
+    stages: dict[str, dict[str, int]],
+) -> tuple[int, list[tuple[str, int]]]:
+    """Write samples.jsonl from the annotated spool, through the recipe when there is one.
+
+    Returns the samples written and the recipe's extra output files with their record counts.
+    """
+    passed = stages["annotate"]["out"]
+    with atomic_writer(out / SAMPLES_FILE) as samples_handle:
+        if config.instruct is None or describer is None:
+            for sample in read_samples(annotated):
+                samples_handle.write(record_line(sample))
+                tallies[sample.source].count_sample(sample)
+            return passed, []
+
+        def on_sample(sample: Sample) -> None:
+            tallies[sample.source].count_sample(sample)
+            progress.advance(1)
+
+        def on_quarantine(entry: QuarantineEntry) -> None:
+            quarantine.add(entry)
+            progress.advance(1, quarantined=1)
+
+        progress.start("describe", total=passed)
+        tally = write_instruct(
+            out, read_samples(annotated), samples_handle, describer, config.instruct,
+            config.seed, roots, on_sample, on_quarantine,
+        )  # fmt: skip
+        progress.finish()
+    stages["describe"] = {
+        "in": passed, "out": tally.described, "quarantined": passed - tally.described,
+    }  # fmt: skip
+    stages["compose"] = {"in": tally.described, "records": tally.records}
+    stages["compose"].update({f"records_{k}": n for k, n in sorted(tally.by_family.items())})
+    return tally.described, [(INSTRUCT_FILE, tally.records)]
 
 
 def source_info(builder: SourceBuilder, tally: SourceTally) -> SourceInfo:

@@ -175,3 +175,45 @@ def test_cli_build_writes_the_folder(planted, tmp_path):
     manifest = Manifest.model_validate_json((tmp_path / "manifest.json").read_text())
     assert manifest.command[:2] == ["build-dataset", "build"]
     assert manifest.sources[0].counts.total == len(planted["mvtec_ad"].samples)
+
+
+def test_anomaly_instruct_recipe_writes_records_for_every_sample(planted, tmp_path):
+    from adinstruct.builder.instruct import INSTRUCT_FILE, InstructConfig
+    from adinstruct.schemas import InstructionRecord
+
+    manifest = run_build(planted, tmp_path, workers=1, instruct=InstructConfig())
+    samples = read_jsonl(tmp_path / "samples.jsonl", Sample)
+    assert all(s.description is not None and s.describer == "template" for s in samples)
+    records = [
+        InstructionRecord.model_validate(item)
+        for item in json.loads((tmp_path / INSTRUCT_FILE).read_text(encoding="utf-8"))
+    ]
+    assert {r.metadata.sample_id for r in records} == {s.id for s in samples}
+    by_id = {s.id: s for s in samples}
+    for record in records:
+        sample = by_id[record.metadata.sample_id]
+        assert record.metadata.anomaly == (sample.label == "anomaly")
+        assert (tmp_path / "images" / record.image).is_file()
+        if record.metadata.mask:
+            assert (tmp_path / record.metadata.mask).is_file()
+    outputs = {o.path: o for o in manifest.outputs}
+    assert outputs[INSTRUCT_FILE].records == len(records)
+    assert manifest.stages["compose"]["records"] == len(records)
+    assert manifest.config["instruct"]["describer"] == "template"
+    mixture = (tmp_path / "instruct" / "datasets.yaml").read_text()
+    assert "sampling_strategy: all" in mixture and INSTRUCT_FILE in mixture
+
+
+def test_recipe_options_are_checked(planted, tmp_path, monkeypatch):
+    from adinstruct.builder.pipeline import instruct_config
+
+    assert instruct_config(None, None, None, "copy") is None
+    with pytest.raises(ConfigError, match="need --recipe"):
+        instruct_config(None, "template", None, "copy")
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        instruct_config("visa-dr-2", None, None, "copy")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert instruct_config("anomaly-instruct", None, None, "copy").describer == "template"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    with pytest.raises(ConfigError, match="needs --model"):
+        instruct_config("anomaly-instruct", None, None, "copy")

@@ -50,6 +50,12 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
             assert (x0, y0) == tuple(planted.mask_bbox[:2])
     outputs = {o.path: o for o in manifest.outputs}
     assert outputs["samples.jsonl"].records == generated.total
+    # The demo runs the whole recipe offline: every sample described, records composed.
+    records = json.loads((out / "instruct" / "anomaly_instruct.json").read_text())
+    assert outputs["instruct/anomaly_instruct.json"].records == len(records) >= generated.total
+    assert {r["metadata"]["sample_id"] for r in records} == {s.id for s in samples}
+    assert all((out / "images" / r["image"]).is_file() for r in records)
+    assert all(s.describer == "template" for s in samples)
     assert json.loads((out / "manifest.json").read_text())["toolkit_version"]
     # Running the demo again into the same folder replaces its synthetic tree, same bytes out.
     again = subprocess.run(

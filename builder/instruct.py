@@ -1,0 +1,117 @@
+"""The anomaly-instruct recipe's last leg: describe, place images, compose, write instruct/.
+
+Annotated samples stream in from the build's spool; each is described (template or LLM),
+written to samples.jsonl, has its image and masks placed under DIR/images and DIR/masks,
+and is composed into instruction records that stream into instruct/anomaly_instruct.json.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adinstruct.builder.compose import ComposeConfig, compose, compose_provenance, skip_reason
+from adinstruct.builder.describe.base import Describer
+from adinstruct.builder.images import Placement, place_sample_files
+from adinstruct.builder.io import JsonListWriter, atomic_writer, record_line
+from adinstruct.schemas import QuarantineEntry, Sample
+
+INSTRUCT_FILE = "instruct/anomaly_instruct.json"
+MIXTURE_FILE = "instruct/datasets.yaml"
+RECIPES = ("anomaly-instruct",)
+
+
+class InstructConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: Literal["anomaly-instruct"] = "anomaly-instruct"
+    describer: Literal["template", "openai"] = "template"
+    model: str | None = None
+    images: Placement = Placement.copy
+    records_per_sample: int = Field(default=2, ge=1, le=3)
+
+    def compose_config(self, seed: int) -> ComposeConfig:
+        return ComposeConfig(seed=seed, records_per_sample=self.records_per_sample)
+
+
+class InstructTally(BaseModel):
+    described: int = 0
+    records: int = 0
+    by_family: Counter[str] = Field(default_factory=Counter)
+
+
+def described_stream(
+    samples: Iterable[Sample],
+    describer: Describer,
+    on_sample: Callable[[Sample], None],
+    on_quarantine: Callable[[QuarantineEntry], None],
+) -> Iterator[Sample]:
+    """Described samples that compose can use; the others become quarantine entries."""
+    for result in describer.describe(samples):
+        if isinstance(result, QuarantineEntry):
+            on_quarantine(result)
+            continue
+        reason = skip_reason(result)
+        if reason is not None:
+            on_quarantine(QuarantineEntry(
+                stage="compose", code=reason, source=result.source, path=result.image_paths[0],
+                sample_id=result.id, sample=result,
+                reason=f"{result.id} cannot be composed into records: {reason.replace('_', ' ')}",
+            ))  # fmt: skip
+            continue
+        on_sample(result)
+        yield result
+
+
+def write_instruct(
+    out: Path,
+    samples: Iterable[Sample],
+    samples_handle: IO[str],
+    describer: Describer,
+    config: InstructConfig,
+    seed: int,
+    roots: dict[str, Path],
+    on_sample: Callable[[Sample], None],
+    on_quarantine: Callable[[QuarantineEntry], None],
+) -> InstructTally:
+    """Describe, write and place every sample, and stream its records into INSTRUCT_FILE."""
+    tally = InstructTally()
+
+    def keep(sample: Sample) -> None:
+        samples_handle.write(record_line(sample))
+        place_sample_files(sample, roots[sample.source], out, config.images)
+        tally.described += 1
+        on_sample(sample)
+
+    stream = described_stream(samples, describer, keep, on_quarantine)
+    with atomic_writer(out / INSTRUCT_FILE) as handle:
+        writer = JsonListWriter(handle)
+        for record in compose(stream, config.compose_config(seed)):
+            writer.write(record)
+            tally.by_family[record.metadata.task_family] += 1
+        writer.close()
+    tally.records = writer.records
+    write_mixture(out)
+    return tally
+
+
+def write_mixture(out: Path) -> None:
+    """datasets.yaml in the form LLaVA-OneVision's trainer reads: json_path + sampling_strategy."""
+    with atomic_writer(out / MIXTURE_FILE) as handle:
+        handle.write("datasets:\n")
+        handle.write(f"  - json_path: {(out / INSTRUCT_FILE).as_posix()}\n")
+        handle.write("    sampling_strategy: all\n")
+
+
+def provenance(config: InstructConfig, seed: int) -> dict[str, Any]:
+    return {
+        "recipe": config.recipe,
+        "describer": config.describer,
+        "model": config.model,
+        "images": config.images.value,
+        "compose": compose_provenance(config.compose_config(seed)),
+    }
