@@ -48,6 +48,16 @@ def run_build(config, quiet: bool):
         progress.close()
 
 
+def run_estimate(config, quiet: bool):
+    from adinstruct.builder.pipeline import estimate
+
+    progress = progress_for(quiet)
+    try:
+        return estimate(config, progress=progress)
+    finally:
+        progress.close()
+
+
 def say(message: str, quiet: bool) -> None:
     if not quiet:
         typer.echo(message, err=True)
@@ -116,19 +126,46 @@ def build(
     images: Annotated[
         str, typer.Option(help="How record images reach DIR/images: copy or hardlink.")
     ] = "copy",
+    detail: Annotated[str, typer.Option(help="Image detail for the LLM: low, high, auto.")] = (
+        "high"
+    ),
+    concurrency: Annotated[int, typer.Option(min=1, help="LLM requests in flight.")] = 8,
+    rpm: Annotated[float | None, typer.Option(help="LLM requests per minute at most.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="LLM tokens per minute at most.")] = None,
+    max_failures: Annotated[
+        int, typer.Option(min=1, help="Stop the run after this many failed LLM requests.")
+    ] = 50,
+    prices: Annotated[
+        Path | None, typer.Option(help="JSON price table ({model: {input, output}} per 1M).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="LLM answer cache (default DIR/.cache/llm.sqlite3).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the LLM requests, tokens and cost; send none.")
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Build a dataset folder from releases on disk."""
+    from adinstruct.builder.instruct import LLMOptions
     from adinstruct.builder.pipeline import BuildConfig, instruct_config, parse_source_spec
 
+    llm = LLMOptions(
+        detail=detail, concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm,
+        max_failures=max_failures, prices=prices, cache=cache,
+    )  # fmt: skip
     config = BuildConfig(
         sources=[parse_source_spec(text) for text in source],
         out=out,
         limit=limit,
         workers=workers,
         seed=seed,
-        instruct=instruct_config(recipe, describer, model, images),
+        dry_run=dry_run,
+        instruct=instruct_config(recipe, describer, model, images, llm),
     )
+    if dry_run:
+        typer.echo(run_estimate(config, quiet).summary())
+        return
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)
 
@@ -183,11 +220,19 @@ def main_options(
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     try:
         app()
     except AdinstructError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
+    except ValidationError as error:
+        # An option value the config models refuse (e.g. --detail medium): one line per field.
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "option"
+            typer.echo(f"error: {where}: {problem['msg']}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

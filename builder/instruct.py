@@ -25,6 +25,20 @@ MIXTURE_FILE = "instruct/datasets.yaml"
 RECIPES = ("anomaly-instruct",)
 
 
+class LLMOptions(BaseModel):
+    """How the openai describer talks to its server; the key itself comes from the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: Literal["low", "high", "auto"] = "high"
+    concurrency: int = Field(default=8, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_failures: int | None = Field(default=50, ge=1)
+    prices: Path | None = Field(default=None, description="JSON price table over the built-in.")
+    cache: Path | None = Field(default=None, description="Default: DIR/.cache/llm.sqlite3.")
+
+
 class InstructConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +47,7 @@ class InstructConfig(BaseModel):
     model: str | None = None
     images: Placement = Placement.copy
     records_per_sample: int = Field(default=2, ge=1, le=3)
+    llm: LLMOptions = Field(default_factory=LLMOptions)
 
     def compose_config(self, seed: int) -> ComposeConfig:
         return ComposeConfig(seed=seed, records_per_sample=self.records_per_sample)
@@ -108,10 +123,12 @@ def write_mixture(out: Path) -> None:
 
 
 def provenance(config: InstructConfig, seed: int) -> dict[str, Any]:
+    llm = config.llm.model_dump(mode="json", exclude={"cache", "prices"})
     return {
         "recipe": config.recipe,
         "describer": config.describer,
         "model": config.model,
+        "llm": llm if config.describer == "openai" else None,
         "images": config.images.value,
         "compose": compose_provenance(config.compose_config(seed)),
     }

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,8 @@ from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
 from adinstruct.builder.annotate.hashing import PHASH_RECIPE
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
 from adinstruct.builder.describe.base import Describer
+from adinstruct.builder.describe.llm import OpenAIDescriber
+from adinstruct.builder.describe.pricing import DryRunEstimate
 from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.images import Placement
@@ -33,6 +35,7 @@ from adinstruct.builder.instruct import (
     INSTRUCT_FILE,
     RECIPES,
     InstructConfig,
+    LLMOptions,
     provenance,
     write_instruct,
 )
@@ -41,9 +44,22 @@ from adinstruct.builder.progress import Progress
 from adinstruct.builder.redact import redact_command
 from adinstruct.builder.runner import make_runner
 from adinstruct.builder.sources import SourceBuilder, get_builder
-from adinstruct.schemas import Counts, Manifest, OutputFile, QuarantineEntry, Sample, SourceInfo
+from adinstruct.schemas import (
+    Counts,
+    LLMUsage,
+    Manifest,
+    OutputFile,
+    QuarantineEntry,
+    Sample,
+    SourceInfo,
+)
+
+if TYPE_CHECKING:
+    from adinstruct.builder.describe.engine import Engine
 
 WORK_DIR = ".adinstruct-work"
+#: The LLM answer cache lives in the output folder so that a rerun of the same command finds it.
+CACHE_FILE = ".cache/llm.sqlite3"
 SAMPLES_FILE = "samples.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -60,6 +76,7 @@ class BuildConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1, description="At most N samples per source.")
     workers: int | None = Field(default=None, ge=1)
     seed: int = 0
+    dry_run: bool = Field(default=False, description="Estimate the LLM requests; write nothing.")
     instruct: InstructConfig | None = Field(
         default=None, description="The anomaly-instruct recipe: describe and compose records."
     )
@@ -79,7 +96,11 @@ class BuildConfig(BaseModel):
 
 
 def instruct_config(
-    recipe: str | None, describer: str | None, model: str | None, images: str
+    recipe: str | None,
+    describer: str | None,
+    model: str | None,
+    images: str,
+    llm: LLMOptions | None = None,
 ) -> InstructConfig | None:
     """The recipe part of a build from command-line words, with errors a person can act on."""
     if recipe is None:
@@ -99,7 +120,8 @@ def instruct_config(
     if images not in {placement.value for placement in Placement}:
         raise ConfigError(f"--images must be copy or hardlink, got {images!r}")
     return InstructConfig(
-        recipe=recipe, describer=chosen, model=model, images=Placement(images)
+        recipe=recipe, describer=chosen, model=model, images=Placement(images),
+        llm=llm or LLMOptions(),
     )  # fmt: skip
 
 
@@ -281,10 +303,90 @@ def read_samples(path: Path) -> Iterator[Sample]:
             yield Sample.model_validate_json(line)
 
 
-def make_describer(config: InstructConfig) -> Describer:
+def make_describer(
+    config: InstructConfig,
+    out: Path,
+    roots: dict[str, Path],
+    annotated: Path,
+    progress: Progress,
+) -> tuple[Describer, Engine | None]:
+    """The recipe's describer; for openai also the engine, whose totals go into the manifest."""
     if config.describer == "template":
-        return TemplateDescriber()
-    raise ConfigError("the openai describer is not wired into build yet; use --describer template")
+        return TemplateDescriber(), None
+    from adinstruct.builder.describe.cache import AnswerCache
+    from adinstruct.builder.describe.engine import Engine, EngineConfig
+    from adinstruct.builder.describe.llm import pick_references
+    from adinstruct.builder.describe.pricing import PriceTable
+    from adinstruct.builder.describe.prompt import PromptConfig
+
+    assert config.model is not None  # instruct_config() insists on it
+    options = config.llm
+    engine_config = EngineConfig(
+        concurrency=options.concurrency,
+        requests_per_minute=options.requests_per_minute,
+        tokens_per_minute=options.tokens_per_minute,
+        max_failures=options.max_failures,
+    )
+    prices = PriceTable.from_file(options.prices) if options.prices else PriceTable()
+    cache = AnswerCache(options.cache or out / CACHE_FILE)
+    engine = Engine(engine_config, cache, prices, progress)
+    describer = OpenAIDescriber(
+        roots={name: str(root) for name, root in roots.items()},
+        config=PromptConfig(model=config.model, detail=options.detail),
+        engine=engine,
+        references=pick_references(read_samples(annotated)),
+    )
+    return describer, engine
+
+
+def annotate_sources(
+    config: BuildConfig,
+    builders: list[SourceBuilder],
+    work: Path,
+    quarantine: QuarantineLog,
+    tallies: dict[str, SourceTally],
+    progress: Progress,
+) -> tuple[Path, dict[str, dict[str, int]]]:
+    """List every source and annotate the chosen samples into a spool in `work`."""
+    listing = work / "listing.jsonl"
+    spool_listing(builders, listing, quarantine, tallies, progress)
+    chosen = chosen_positions(tallies, config.limit, config.seed)
+    selected = sum(len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items())
+    stage = AnnotateStage(roots={builder.name: str(builder.root) for builder in builders})
+    progress.start("annotate", total=selected)
+    annotated = work / "annotated.jsonl"
+    with annotated.open("w", encoding="utf-8") as spool_handle:
+        passed = annotate_into(
+            spool_handle, read_spool(listing, chosen), stage, config.workers, quarantine, progress
+        )
+    listed = sum(tally.listed for tally in tallies.values())
+    stages = {
+        "source": {"out": listed, "quarantined": quarantine.count("source")},
+        "annotate": {"in": selected, "out": passed, "quarantined": selected - passed},
+    }
+    return annotated, stages
+
+
+def estimate(config: BuildConfig, progress: Progress | None = None) -> DryRunEstimate:
+    """--dry-run: list and annotate (local and free), then price the LLM requests; send nothing.
+
+    Nothing in the output folder changes but the LLM cache, which is opened to see what is
+    already answered.
+    """
+    progress = progress or Progress()
+    builders = open_builders(config)
+    out = config.out.expanduser().resolve()
+    tallies = {builder.name: SourceTally() for builder in builders}
+    with work_folder(out) as work, (work / QUARANTINE_FILE).open("w") as quarantine_handle:
+        quarantine = QuarantineLog(quarantine_handle, tallies)
+        annotated, _ = annotate_sources(config, builders, work, quarantine, tallies, progress)
+        if config.instruct is None:
+            return DryRunEstimate()
+        roots = {builder.name: builder.root for builder in builders}
+        describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
+        if engine is None or not isinstance(describer, OpenAIDescriber):
+            return DryRunEstimate()  # the template describer sends nothing
+        return engine.dry_run(describer.requests_for(read_samples(annotated)))
 
 
 def build(
@@ -296,31 +398,16 @@ def build(
     out = config.out.expanduser().resolve()
     roots = {builder.name: builder.root for builder in builders}
     tallies = {builder.name: SourceTally() for builder in builders}
-    stage = AnnotateStage(roots={name: str(root) for name, root in roots.items()})
-    describer = make_describer(config.instruct) if config.instruct else None
-    stages: dict[str, dict[str, int]] = {}
+    engine = None
     with (
         work_folder(out) as work,
         atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
     ):
         quarantine = QuarantineLog(quarantine_handle, tallies)
-        listing = work / "listing.jsonl"
-        spool_listing(builders, listing, quarantine, tallies, progress)
-        chosen = chosen_positions(tallies, config.limit, config.seed)
-        selected = sum(
-            len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items()
-        )
-        progress.start("annotate", total=selected)
-        annotated = work / "annotated.jsonl"
-        with annotated.open("w", encoding="utf-8") as spool_handle:
-            passed = annotate_into(
-                spool_handle, read_spool(listing, chosen), stage, config.workers, quarantine,
-                progress,
-            )  # fmt: skip
-        listed = sum(tally.listed for tally in tallies.values())
-        stages["source"] = {"out": listed, "quarantined": quarantine.count("source")}
-        stages["annotate"] = {"in": selected, "out": passed, "quarantined": selected - passed}
-
+        annotated, stages = annotate_sources(config, builders, work, quarantine, tallies, progress)
+        describer = None
+        if config.instruct is not None:
+            describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
         written, outputs = finish_samples(
             out, annotated, config, describer, roots, quarantine, tallies, progress, stages
         )
@@ -341,6 +428,7 @@ def build(
         quarantine_codes={
             name: dict(sorted(codes.items())) for name, codes in sorted(quarantine.by_stage.items())
         },
+        llm_usage=engine.totals if engine is not None else LLMUsage(),
     )
     write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
     return manifest

@@ -17,6 +17,9 @@ class Progress:
     def advance(self, steps: int = 1, quarantined: int = 0) -> None:
         """Count finished items, and how many of them were quarantined."""
 
+    def stats(self, text: str) -> None:
+        """A short line of running figures for the current stage (requests, tokens, cost)."""
+
     def finish(self) -> None:
         """End the current stage."""
 
@@ -43,6 +46,7 @@ class RichProgress(Progress):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[quarantined]} quarantined"),
+            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
@@ -54,11 +58,15 @@ class RichProgress(Progress):
 
     def start(self, stage: str, total: int | None = None) -> None:
         self._quarantined = 0
-        self._task = self._bar.add_task(stage, total=total, quarantined=0)
+        self._task = self._bar.add_task(stage, total=total, quarantined=0, stats="")
 
     def advance(self, steps: int = 1, quarantined: int = 0) -> None:
         self._quarantined += quarantined
         self._bar.update(self._task, advance=steps, quarantined=self._quarantined)
+
+    def stats(self, text: str) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, stats=text)
 
     def finish(self) -> None:
         if self._task is not None:

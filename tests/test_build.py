@@ -166,6 +166,14 @@ def test_cli_structural_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "Expected <id>/train/ok" in result.stderr
     result = cli("build", "--source", "kitti=/tmp", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "known sources" in result.stderr
+    (tmp_path / "mv").mkdir()
+    trees.write_mvtec_ad(tmp_path / "mv")
+    recipe = ["--recipe", "anomaly-instruct", "--describer", "template", "--detail", "medium"]
+    result = cli(
+        "build", "--source", f"mvtec={tmp_path / 'mv'}", "--out", str(tmp_path / "o"), *recipe
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: detail:")
+    assert result.stderr.strip().count("\n") == 0
 
 
 def test_cli_build_writes_the_folder(planted, tmp_path):
