@@ -144,6 +144,12 @@ def build(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the LLM requests, tokens and cost; send none.")
     ] = False,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Send through the OpenAI Batch API (half price).")
+    ] = False,
+    batch_poll: Annotated[
+        float, typer.Option(help="Seconds between polls of a submitted batch.")
+    ] = 30.0,
     quiet: Quiet = False,
 ) -> None:
     """Build a dataset folder from releases on disk."""
@@ -152,7 +158,8 @@ def build(
 
     llm = LLMOptions(
         detail=detail, concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm,
-        max_failures=max_failures, prices=prices, cache=cache,
+        max_failures=max_failures, prices=prices, cache=cache, batch=batch,
+        batch_poll_s=batch_poll,
     )  # fmt: skip
     config = BuildConfig(
         sources=[parse_source_spec(text) for text in source],

@@ -36,6 +36,8 @@ class LLMOptions(BaseModel):
     tokens_per_minute: float | None = Field(default=None, gt=0)
     max_failures: int | None = Field(default=50, ge=1)
     prices: Path | None = Field(default=None, description="JSON price table over the built-in.")
+    batch: bool = Field(default=False, description="Send through the Batch API (half price).")
+    batch_poll_s: float = Field(default=30.0, gt=0, description="Seconds between batch polls.")
     cache: Path | None = Field(default=None, description="Default: DIR/.cache/llm.sqlite3.")
 
 

@@ -27,7 +27,7 @@ from adinstruct.builder.annotate.hashing import PHASH_RECIPE
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
 from adinstruct.builder.describe.base import Describer
 from adinstruct.builder.describe.llm import OpenAIDescriber
-from adinstruct.builder.describe.pricing import DryRunEstimate
+from adinstruct.builder.describe.pricing import DryRunEstimate, estimate_run
 from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.images import Placement
@@ -55,6 +55,7 @@ from adinstruct.schemas import (
 )
 
 if TYPE_CHECKING:
+    from adinstruct.builder.describe.batch import BatchRunner
     from adinstruct.builder.describe.engine import Engine
 
 WORK_DIR = ".adinstruct-work"
@@ -309,7 +310,7 @@ def make_describer(
     roots: dict[str, Path],
     annotated: Path,
     progress: Progress,
-) -> tuple[Describer, Engine | None]:
+) -> tuple[Describer, Engine | BatchRunner | None]:
     """The recipe's describer; for openai also the engine, whose totals go into the manifest."""
     if config.describer == "template":
         return TemplateDescriber(), None
@@ -329,7 +330,12 @@ def make_describer(
     )
     prices = PriceTable.from_file(options.prices) if options.prices else PriceTable()
     cache = AnswerCache(options.cache or out / CACHE_FILE)
-    engine = Engine(engine_config, cache, prices, progress)
+    engine: Engine | BatchRunner = Engine(engine_config, cache, prices, progress)
+    if options.batch:
+        from adinstruct.builder.describe.batch import BatchRunner
+
+        # Same requests, same cache, same run() contract: the describer cannot tell them apart.
+        engine = BatchRunner(engine_config, cache, prices, options.batch_poll_s, progress=progress)
     describer = OpenAIDescriber(
         roots={name: str(root) for name, root in roots.items()},
         config=PromptConfig(model=config.model, detail=options.detail),
@@ -386,7 +392,11 @@ def estimate(config: BuildConfig, progress: Progress | None = None) -> DryRunEst
         describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
         if engine is None or not isinstance(describer, OpenAIDescriber):
             return DryRunEstimate()  # the template describer sends nothing
-        return engine.dry_run(describer.requests_for(read_samples(annotated)))
+        requests = describer.requests_for(read_samples(annotated))
+        # Batch answers cost less: price them as the batch will be billed.
+        return estimate_run(
+            requests, engine.prices, engine.cache.contains, batch=config.instruct.llm.batch
+        )
 
 
 def build(

@@ -258,8 +258,10 @@ class StandinServer:
                 return None
             return Fault(match.group("kind"), params)
 
-    def answer_chat(self, body: dict[str, Any], *, online: bool) -> tuple[int, dict, dict]:
-        """(status, headers, JSON body) for one chat request; sleeps only when `online`."""
+    def answer_chat(
+        self, body: dict[str, Any], *, received_at: float | None = None
+    ) -> tuple[int, dict, dict]:
+        """(status, headers, JSON body) for one chat request; batch lines (no arrival) never wait."""
         fault = self._fault_for(body)
         kind = fault.kind if fault else "ok"
         if kind == "429":
@@ -272,9 +274,10 @@ class StandinServer:
         if kind == "status":
             code = int(fault.number("code", 500))
             return code, {}, _error(f"Stand-in fault {code}", "server_error")
-        if online:
+        if received_at is not None:
             delay = fault.number("delay", 1.0) if kind == "slow" else 0.0
-            time.sleep(self.latency_s + delay)
+            # The latency counts from arrival: parsing the request is part of it, not extra.
+            time.sleep(max(0.0, received_at + self.latency_s + delay - time.monotonic()))
         content: str | None = self.responder(body)
         refusal, finish_reason = None, "stop"
         if kind == "cutoff":
@@ -364,7 +367,7 @@ class StandinServer:
             if not line.strip():
                 continue
             item = json.loads(line)
-            status, _headers, answer = self.answer_chat(item["body"], online=False)
+            status, _headers, answer = self.answer_chat(item["body"])
             if status == 200:
                 self._record(Recorded("BATCH", item["url"], None, item["body"], 200, answer["usage"]))
             entry = {
@@ -422,6 +425,7 @@ def _handler_for(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             """Quiet: tests read `server.requests` instead."""
 
         def do_POST(self) -> None:
+            arrived = time.monotonic()
             payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = self.path.split("?", 1)[0]
             auth = self.headers.get("Authorization")
@@ -445,7 +449,7 @@ def _handler_for(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                     server._concurrent += 1
                     server.most_concurrent = max(server.most_concurrent, server._concurrent)
                 try:
-                    status, headers, answer = server.answer_chat(body, online=True)
+                    status, headers, answer = server.answer_chat(body, received_at=arrived)
                 finally:
                     with server._lock:
                         server._concurrent -= 1

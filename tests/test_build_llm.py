@@ -147,3 +147,23 @@ def test_dry_run_prices_the_requests_and_sends_nothing(release, tmp_path):
     assert f"{len(release.samples)} requests" in result.stdout
     assert "$" in result.stdout
     assert not (out / "samples.jsonl").exists() and not (out / "manifest.json").exists()
+
+
+def test_batch_mode_builds_the_same_records(release, tmp_path):
+    online, batched = tmp_path / "online", tmp_path / "batched"
+    with StandinServer(responder=grounded_responder) as server:
+        for out, extra in ((online, ()), (batched, ("--batch", "--batch-poll", "0.05"))):
+            result = subprocess.run(
+                build_command(release.root, out, *extra), env=environment(server),
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        assert server.batch_creations == 1
+        # The batched build sent no chat request of its own: only the online build did.
+        online_posts = [r for r in server.requests if r.method == "POST" and "chat" in r.path]
+        assert len(online_posts) == len(release.samples)
+    assert (batched / "instruct" / "anomaly_instruct.json").read_bytes() == (
+        online / "instruct" / "anomaly_instruct.json"
+    ).read_bytes()
+    manifest = json.loads((batched / "manifest.json").read_text())
+    assert manifest["llm_usage"]["requests"] == len(release.samples)

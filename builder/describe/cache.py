@@ -125,6 +125,20 @@ class AnswerCache:
             ).fetchone()
         return _result_of(row) if row else None
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
+        """The completed answers among `keys`, in one query (a full-cache rerun reads many)."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        marks = ", ".join("?" * len(keys))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {ANSWER_COLUMNS} FROM answers WHERE completed = 1 "
+                f"AND cache_key IN ({marks})",
+                keys,
+            ).fetchall()
+        return {row[0]: _result_of(row) for row in rows}
+
     def last_outcome(self, key: str) -> ChatResult | None:
         """Whatever is stored for `key`, completed or not (an error the next run re-sends)."""
         with self._lock:

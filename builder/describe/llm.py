@@ -77,14 +77,16 @@ class OpenAIDescriber(Describer):
         # waiting sample; entries ahead of it are yielded first. (Entries wait here for the
         # next result; annotate already quarantines unreadable files, so they are few.)
         slots: deque[Sample | QuarantineEntry] = deque()
-        expected: dict[str, bool] = {}  # request id -> anomaly_present the label demands
+        # cache key -> anomaly_present the label demands. Keyed by the request's content, not
+        # its id: the batch runner validates answers before it knows which request asked.
+        expected: dict[str, bool] = {}
 
         def requests() -> Iterator[ChatRequest]:
             for sample, prepared in self._prepare(samples):
                 if isinstance(prepared, QuarantineEntry):
                     slots.append(prepared)
                     continue
-                expected[prepared.request_id] = sample.label == "anomaly"
+                expected[prepared.cache_key()] = sample.label == "anomaly"
                 slots.append(sample)
                 yield prepared
 
@@ -95,6 +97,7 @@ class OpenAIDescriber(Describer):
                 raise RuntimeError(f"the engine returned {result.request_id} that was never sent")
             sample = slots.popleft()
             assert isinstance(sample, Sample)
+            expected.pop(result.cache_key, None)  # answered: memory stays flat
             if result.request_id != sample.id:
                 raise RuntimeError(
                     f"the engine answered {result.request_id} where {sample.id} was due; "
@@ -202,9 +205,9 @@ def _validator(expected: dict[str, bool]) -> Callable[[ChatResult], str | None]:
     def validate(result: ChatResult) -> str | None:
         if result.status != "ok":
             return None
-        anomaly = expected.get(result.request_id)
+        anomaly = expected.get(result.cache_key)
         if anomaly is None:
-            return f"unknown request {result.request_id}"
+            return f"unknown request {result.request_id or result.cache_key}"
         return check_answer(result.content, anomaly)
 
     return validate
