@@ -261,7 +261,7 @@ class StandinServer:
     def answer_chat(
         self, body: dict[str, Any], *, received_at: float | None = None
     ) -> tuple[int, dict, dict]:
-        """(status, headers, JSON body) for one chat request; batch lines (no arrival) never wait."""
+        """(status, headers, JSON body) for a chat request; batch lines (no arrival) never wait."""
         fault = self._fault_for(body)
         kind = fault.kind if fault else "ok"
         if kind == "429":
@@ -369,7 +369,9 @@ class StandinServer:
             item = json.loads(line)
             status, _headers, answer = self.answer_chat(item["body"])
             if status == 200:
-                self._record(Recorded("BATCH", item["url"], None, item["body"], 200, answer["usage"]))
+                self._record(
+                    Recorded("BATCH", item["url"], None, item["body"], 200, answer["usage"])
+                )
             entry = {
                 "id": self._next_id("batch_req"),
                 "custom_id": item["custom_id"],
@@ -481,7 +483,9 @@ def _handler_for(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             self._reply(404, _error(f"Unknown path {path}", "not_found"))
 
         def _reply(self, status: int, answer: dict, headers: dict[str, str] | None = None) -> None:
-            self._reply_bytes(status, json.dumps(answer).encode("utf-8"), "application/json", headers)
+            self._reply_bytes(
+                status, json.dumps(answer).encode("utf-8"), "application/json", headers
+            )
 
         def _reply_bytes(
             self, status: int, data: bytes, content_type: str, headers: dict | None = None

@@ -91,7 +91,7 @@ def test_answered_requests_are_not_submitted(server, tmp_path):
     config = EngineConfig(api_key=KEY, base_url=server.base_url)
     online = Engine(config, AnswerCache(tmp_path / "cache.sqlite"), PriceTable())
     list(online.run(requests[:3]))
-    results = list(runner(server, tmp_path).run(requests + [requests[5]]))
+    results = list(runner(server, tmp_path).run([*requests, requests[5]]))
     assert [r.from_cache for r in results] == [True, True, True, False, False, False, True]
     [lines] = uploaded_lines(server)
     assert [line["custom_id"] for line in lines] == [r.cache_key() for r in requests[3:]]
@@ -108,7 +108,7 @@ def test_splits_at_the_request_and_byte_caps(server, tmp_path):
     more = [request(i + 10) for i in range(4)]
     list(runner(server, tmp_path, max_bytes=2 * line_size + line_size // 2).run(more))
     assert server.batch_creations == 4 + 2  # two lines a file fit under the byte cap
-    with pytest.raises(BatchError, match="r99 is .* bytes"):
+    with pytest.raises(BatchError, match=r"r99 is .* bytes"):
         list(runner(server, tmp_path, max_bytes=100).run([request(99)]))
 
 
@@ -136,7 +136,9 @@ CHILD = textwrap.dedent(
 def test_a_restart_between_submit_and_download_polls_instead_of_resubmitting(server, tmp_path):
     cache_path = tmp_path / "cache.sqlite"
     env = {**os.environ, "OPENAI_API_KEY": KEY}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(cache_path)], env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, server.base_url, str(cache_path)], env=env
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not submitted_batches(cache_path):
@@ -169,7 +171,9 @@ def submitted_batches(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("batch_was_created", [True, False])
-def test_a_file_uploaded_before_a_crash_is_adopted_or_submitted(server, tmp_path, batch_was_created):
+def test_a_file_uploaded_before_a_crash_is_adopted_or_submitted(
+    server, tmp_path, batch_was_created
+):
     """The crash came after the upload was recorded, before (or just after) batches.create."""
     requests = [request(i) for i in range(3)]
     batch = runner(server, tmp_path)

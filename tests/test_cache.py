@@ -69,7 +69,10 @@ def test_which_statuses_count_as_completed(tmp_path):
 def test_errors_are_stored_redacted(tmp_path):
     path = tmp_path / "cache.sqlite"
     with AnswerCache(path) as cache:
-        cache.put(result("k", "error", error="Incorrect API key provided: sk-test-abcdef123456"), model="m")
+        cache.put(
+            result("k", "error", error="Incorrect API key provided: sk-test-abcdef123456"),
+            model="m",
+        )
         assert cache.last_outcome("k").error == "Incorrect API key provided: ***"
     assert b"sk-test-abcdef123456" not in b"".join(p.read_bytes() for p in tmp_path.iterdir())
 

@@ -30,7 +30,9 @@ def data_url(width: int, height: int, fmt: str = "PNG") -> str:
 
 def image_request(url: str, detail: str, model: str = "gpt-4o") -> ChatRequest:
     content = [{"type": "image_url", "image_url": {"url": url, "detail": detail}}]
-    return ChatRequest(request_id="img", model=model, messages=[{"role": "user", "content": content}])
+    return ChatRequest(
+        request_id="img", model=model, messages=[{"role": "user", "content": content}]
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,7 @@ def test_bad_price_file_names_the_file_and_model(tmp_path):
     with pytest.raises(ConfigError, match=r"prices\.json.*'gpt-4o'"):
         PriceTable.from_file(path)
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match="prices.json"):
+    with pytest.raises(ConfigError, match=r"prices\.json"):
         PriceTable.from_file(path)
 
 
@@ -133,9 +135,11 @@ def test_unknown_model_costs_zero_with_a_flag(caplog):
 def test_dry_run_estimate_counts_cached_and_repeats():
     requests = [
         ChatRequest(
-            request_id=f"r{i}", model="gpt-4o", max_tokens=500,
+            request_id=f"r{i}",
+            model="gpt-4o",
+            max_tokens=500,
             messages=[{"role": "user", "content": f"describe item {i % 3}"}],
-        )  # fmt: skip
+        )
         for i in range(5)
     ]
     cached_key = requests[0].cache_key()

@@ -57,15 +57,24 @@ class BatchError(AdinstructError):
 
 @dataclass
 class _Chunk:
+    """One batch input file being written."""
+
     path: Path
     keys: list[str] = field(default_factory=list)
     size: int = 0
+
+    def add(self, key: str, line: bytes) -> None:
+        with self.path.open("ab") as handle:
+            handle.write(line)
+        self.keys.append(key)
+        self.size += len(line)
 
 
 @dataclass(frozen=True)
 class _Facts:
     """What reading an answer needs to know of its request, kept instead of the request."""
 
+    request_id: str
     model: str
     expects_json: bool
 
@@ -101,54 +110,59 @@ class BatchRunner:
         order: list[tuple[str, str]] = []
         facts: dict[str, _Facts] = {}
         needed: dict[int, BatchJob] = {}
+        submitted: list[BatchJob] = []
         with tempfile.TemporaryDirectory(prefix="adinstruct-batch-") as workdir:
-            chunks = [_Chunk(Path(workdir) / "batch-0.jsonl")]
+            chunk = _Chunk(Path(workdir) / "batch-0.jsonl")
             for request in requests:
                 key = request.cache_key()
                 order.append((request.request_id, key))
                 if key in facts:
                     continue
-                facts[key] = _Facts(request.model, request.response_schema is not None)
+                facts[key] = _Facts(
+                    request.request_id, request.model, request.response_schema is not None
+                )
                 if self.cache.contains(key):
                     continue
                 if key in covered:
                     needed[covered[key].job_id] = covered[key]
                     continue
-                self._write_line(chunks, request, key)
-            fresh = {key for chunk in chunks for key in chunk.keys}
-            jobs = list(needed.values()) + [self._submit(c) for c in chunks if c.keys]
+                line = self._line(request, key)
+                if chunk.keys and (
+                    len(chunk.keys) >= self.max_requests or chunk.size + len(line) > self.max_bytes
+                ):
+                    # Submitted as soon as it is full: the JSONL of 100k requests with
+                    # images would not fit on every disk at once.
+                    submitted.append(self._submit(chunk))
+                    chunk = _Chunk(Path(workdir) / f"batch-{len(submitted)}.jsonl")
+                chunk.add(key, line)
+            if chunk.keys:
+                submitted.append(self._submit(chunk))
+        fresh = {key for job in submitted for key in self.cache.batch_keys(job.job_id)}
         self.totals.requests += len(fresh)
+        jobs = list(needed.values()) + submitted
         if jobs:
             self._poll(jobs, facts, validate)
-        stored_now = fresh | {key for job in jobs for key in self.cache.batch_keys(job.job_id)}
+        stored_now = {key for job in jobs for key in self.cache.batch_keys(job.job_id)}
         yield from self._results(order, stored_now)
 
     # -- submitting ------------------------------------------------------------------
 
-    def _write_line(self, chunks: list[_Chunk], request: ChatRequest, key: str) -> None:
-        line = json.dumps(
-            {"custom_id": key, "method": "POST", "url": ENDPOINT,
-             "body": chat_body(request, self.config)},
-            ensure_ascii=False, separators=(",", ":"),
-        ).encode("utf-8") + b"\n"  # fmt: skip
-        if len(line) > self.max_bytes:
+    def _line(self, request: ChatRequest, key: str) -> bytes:
+        body = chat_body(request, self.config)
+        line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
+        encoded = json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(encoded) + 1 > self.max_bytes:
             raise BatchError(
-                f"request {request.request_id} is {len(line):,} bytes as a batch line, more "
-                f"than a whole batch file may hold ({self.max_bytes:,})"
+                f"request {request.request_id} is {len(encoded) + 1:,} bytes as a batch line, "
+                f"more than a whole batch file may hold ({self.max_bytes:,})"
             )
-        chunk = chunks[-1]
-        if len(chunk.keys) >= self.max_requests or chunk.size + len(line) > self.max_bytes:
-            chunk = _Chunk(chunk.path.with_name(f"batch-{len(chunks)}.jsonl"))
-            chunks.append(chunk)
-        with chunk.path.open("ab") as handle:
-            handle.write(line)
-        chunk.keys.append(key)
-        chunk.size += len(line)
+        return encoded + b"\n"
 
     def _submit(self, chunk: _Chunk) -> BatchJob:
         client = self._client()
         with chunk.path.open("rb") as handle:
             uploaded = client.files.create(file=(chunk.path.name, handle), purpose="batch")
+        chunk.path.unlink()
         # Persisted before the batch exists: a crash from here on leaves a trace to resume.
         job_id = self.cache.add_batch_job(uploaded.id, chunk.keys)
         log.info("uploaded %d requests as %s", len(chunk.keys), uploaded.id)
@@ -180,7 +194,9 @@ class BatchRunner:
         for batch in self._client().batches.list(limit=RECENT_BATCHES).data:
             if batch.input_file_id == job.input_file_id:
                 self.cache.set_batch_submitted(job.job_id, batch.id)
-                return BatchJob(job.job_id, job.input_file_id, batch.id, "submitted", job.request_count)
+                return BatchJob(
+                    job.job_id, job.input_file_id, batch.id, "submitted", job.request_count
+                )
         return self._create_batch(job.job_id, job.input_file_id, job.request_count)
 
     # -- waiting and collecting ------------------------------------------------------
@@ -195,41 +211,63 @@ class BatchRunner:
                 if batch.status not in RUNNING_STATES:
                     self._collect(job, batch, facts, validate)
                     waiting.remove(job)
-            self.progress.stats(f"{len(waiting)} of {len(jobs)} batches running: {', '.join(states)}")
+            self.progress.stats(
+                f"{len(waiting)} of {len(jobs)} batches running: {', '.join(states)}"
+            )
             if waiting:
                 time.sleep(self.poll_interval_s)
 
     def _collect(
         self, job: BatchJob, batch: Any, facts: dict[str, _Facts], validate: Validator | None
     ) -> None:
+        import openai
+
         keys = set(self.cache.batch_keys(job.job_id))
         answered: set[str] = set()
+        why, lost = "", False
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            with self._client().files.with_streaming_response.content(file_id) as response:
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    item = json.loads(line)
-                    key = item.get("custom_id")
-                    if key not in keys:
-                        log.warning("batch %s answered an unknown custom_id %r", batch.id, key)
-                        continue
-                    self._store(item, key, facts.get(key), validate)
-                    answered.add(key)
+            try:
+                self._read_output(file_id, batch.id, keys, facts, validate, answered)
+            except openai.NotFoundError:
+                # Output files expire (30 days): what it held is lost, and is asked again.
+                log.warning("batch %s: its output file %s is gone", batch.id, file_id)
+                why, lost = f" (its output file {file_id} is gone)", True
+        errors = (batch.errors.data or []) if batch.errors else []
+        if errors and errors[0].message:
+            why = f" ({errors[0].message})"
         for key in keys - answered:
             if self.cache.contains(key):
                 continue
-            model = facts[key].model if key in facts else "unknown"
+            known = facts.get(key)
             missing = ChatResult(
-                request_id="", cache_key=key, status="error", attempts=1,
-                error=f"batch {batch.id} ended {batch.status} without an answer for it",
+                request_id=known.request_id if known else "", cache_key=key, status="error",
+                attempts=1, error=redact_text(
+                    f"batch {batch.id} ended {batch.status}{why} without an answer for it"
+                ),
             )  # fmt: skip
-            self.cache.put(missing, model=model)
+            self.cache.put(missing, model=known.model if known else "unknown")
             self.totals.failures += 1
-        self.cache.set_batch_state(job.job_id, "done" if batch.status == "completed" else "failed")
+        done = batch.status == "completed" and not lost
+        self.cache.set_batch_state(job.job_id, "done" if done else "failed")
         log.info("batch %s %s: %d answers stored", batch.id, batch.status, len(answered))
+
+    def _read_output(
+        self, file_id: str, batch_id: str, keys: set[str], facts: dict[str, _Facts],
+        validate: Validator | None, answered: set[str],
+    ) -> None:  # fmt: skip
+        with self._client().files.with_streaming_response.content(file_id) as response:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                key = item.get("custom_id")
+                if key not in keys:
+                    log.warning("batch %s answered an unknown custom_id %r", batch_id, key)
+                    continue
+                self._store(item, key, facts.get(key), validate)
+                answered.add(key)
 
     def _store(
         self, item: dict[str, Any], key: str, facts: _Facts | None, validate: Validator | None
@@ -237,11 +275,13 @@ class BatchRunner:
         response = item.get("response") or {}
         body = response.get("body") or {}
         model = facts.model if facts else body.get("model", "unknown")
+        request_id = facts.request_id if facts else ""
         status_code = response.get("status_code")
         if status_code != 200:
-            message = (body.get("error") or item.get("error") or {}).get("message", "no message")
+            error = body.get("error") or item.get("error") or {}
+            message = error.get("message", "no message") if isinstance(error, dict) else error
             failed = ChatResult(
-                request_id="", cache_key=key, status="error", attempts=1,
+                request_id=request_id, cache_key=key, status="error", attempts=1,
                 error=redact_text(f"HTTP {status_code} in the batch: {message}"),
             )  # fmt: skip
             self.cache.put(failed, model=model, final=status_code in FINAL_STATUS_CODES)
@@ -251,7 +291,8 @@ class BatchRunner:
         cost = self.prices.cost(model, answer.usage, batch=True)
         self._count(answer.usage, cost)
         result = ChatResult(
-            request_id="", cache_key=key, status="refused" if answer.status == "refused" else "ok",
+            request_id=request_id, cache_key=key,
+            status="refused" if answer.status == "refused" else "ok",
             content=answer.content, refusal=answer.refusal, finish_reason=answer.finish_reason,
             usage=answer.usage, cost_usd=cost, attempts=1,
         )  # fmt: skip

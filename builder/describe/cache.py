@@ -102,7 +102,9 @@ class AnswerCache:
                 f"reads version {SCHEMA_VERSION}; move the file away or use another cache path"
             )
         with self._lock:
-            self._db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            self._db.executescript(
+                f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock:

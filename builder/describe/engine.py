@@ -1,4 +1,4 @@
-"""The LLM request engine: cached, rate-limited, retried chat requests, one result per request in order.
+"""The LLM request engine: cached, rate-limited, retried chat requests, answered in input order.
 
 `Engine.run` is a plain generator. The caller's thread iterates the requests (rendering a
 prompt is the caller's work), keys them and serves cache hits; the misses go to an asyncio
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import email.utils
 import json
 import logging
@@ -187,18 +188,17 @@ def retry_after_seconds(headers: Any) -> float | None:
     """The wait a 429 asks for: retry-after-ms, else retry-after (seconds or an HTTP date)."""
     if headers is None:
         return None
-    if (milliseconds := headers.get("retry-after-ms")) is not None:
-        try:
+    milliseconds, value = headers.get("retry-after-ms"), headers.get("retry-after")
+    with contextlib.suppress(ValueError):
+        if milliseconds is not None:
             return max(float(milliseconds) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        moment = email.utils.parsedate_to_datetime(value) if value else None
-        return max(moment.timestamp() - time.time(), 0.0) if moment else None
+    with contextlib.suppress(ValueError):
+        if value is not None:
+            return max(float(value), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        if value:
+            return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    return None  # absent or unreadable: back off instead
 
 
 # --------------------------------------------------------------------------------------
@@ -310,7 +310,6 @@ class _Run:
         self.aborting = False
         self.last_error = ""
         self.exhausted = False
-        self.input_error: Exception | None = None
 
     # -- the caller's thread ---------------------------------------------------------
 
@@ -321,15 +320,13 @@ class _Run:
         window: deque[Any] = deque()
         requests = iter(self.requests)
         chunk_size = max(16, self.config.concurrency)
+        low_water = max(self.window_size // 2, self.window_size - chunk_size)
         cancel = True
         last_stats = 0.0
         try:
             while True:
-                # Top up when half the window is out, in chunks: one cache query per chunk.
-                while (
-                    not self.exhausted and not self.aborting
-                    and len(window) <= max(self.window_size // 2, self.window_size - chunk_size)
-                ):  # fmt: skip
+                # Top up in chunks once the window runs low: one cache query per chunk.
+                while not self.exhausted and not self.aborting and len(window) <= low_water:
                     room = self.window_size - len(window)
                     window.extend(self._slots_for(self._read(requests, min(room, chunk_size))))
                 if not window:
@@ -343,6 +340,11 @@ class _Run:
                     last_stats = now
                 yield result
             cancel = False
+        except Exception:
+            # The caller's requests (or `validate`) raised: stop, but let what is on the wire
+            # finish and be stored. Only the caller closing us, or Ctrl-C, cancels it.
+            cancel = False
+            raise
         finally:
             self._shutdown(cancel=cancel)
             self.engine.progress.stats(self.engine.stats_line())
@@ -353,24 +355,24 @@ class _Run:
                 f"received is in the cache {self.engine.cache.path}: rerunning the same "
                 "command resumes and sends only what is missing."
             )
-        if self.input_error is not None:
-            raise self.input_error
 
     def _read(self, requests: Iterator[ChatRequest], count: int) -> list[ChatRequest]:
         chunk = []
-        try:
-            for _ in range(count):
-                chunk.append(next(requests))
-        except StopIteration:
-            self.exhausted = True
-        except Exception as error:  # raised again once the results before it are out
-            self.input_error, self.exhausted = error, True
+        for _ in range(count):
+            request = next(requests, _END)
+            if request is _END:
+                self.exhausted = True
+                break
+            chunk.append(request)
         return chunk
 
     def _slots_for(self, chunk: list[ChatRequest]) -> list[Any]:
         keys = [request.cache_key() for request in chunk]
         cached = self.engine.cache.get_many(keys)  # one query for the chunk
-        return [self._slot_for(request, key, cached.get(key)) for request, key in zip(chunk, keys)]
+        return [
+            self._slot_for(request, key, cached.get(key))
+            for request, key in zip(chunk, keys, strict=True)
+        ]
 
     def _slot_for(self, request: ChatRequest, key: str, cached: ChatResult | None) -> Any:
         earlier = self.in_flight.get(key)
@@ -449,20 +451,23 @@ class _Run:
         shards = math.ceil(self.config.concurrency / CONNECTIONS_PER_POOL)
         self.clients = [
             openai.AsyncOpenAI(
-                api_key=key, base_url=self.config.base_url, timeout=self.config.timeout_s,
-                max_retries=0, http_client=openai.DefaultAsyncHttpx2Client(verify=ssl_context),
-            )  # fmt: skip
+                api_key=key,
+                base_url=self.config.base_url,
+                timeout=self.config.timeout_s,
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpx2Client(verify=ssl_context),
+            )
             for _ in range(shards)
         ]
 
     async def _drain(self, cancel: bool) -> None:
-        """Wait for (or, when the caller stopped early, cancel) what is still running."""
+        """End what still runs: what is on the wire finishes and is stored, unless `cancel`."""
         pending = [task for task in self.tasks if not task.done()]
-        if cancel:
-            for task in pending:
+        for task in pending:
+            if cancel or task not in self.on_wire:
                 task.cancel()
-        # Their outcomes already reached the caller through their futures, or nobody wants
-        # them any more; here they only have to end before the loop closes.
+        # Nobody reads these outcomes any more (answers are in the cache): they only have to
+        # end before the loop closes.
         await asyncio.gather(*pending, return_exceptions=True)
         for client in self.clients:
             await client.close()
@@ -500,12 +505,12 @@ class _Run:
                 if attempts == 1:
                     self.tally.requests += 1
                 self.on_wire.add(task)
+                self.sent += 1
+                client = self.clients[self.sent % len(self.clients)]
                 try:
-                    # The generic post of the same client: the typed create() costs ~2 ms of
-                    # CPU per call building pydantic models we do not need, and batch output
-                    # lines are plain JSON too, so one reader serves both.
-                    self.sent += 1
-                    client = self.clients[self.sent % len(self.clients)]
+                    # The client's generic post: the typed create() spends ~2 ms of CPU per
+                    # call on pydantic models we do not need, and batch output lines are
+                    # plain JSON too, so one reader (read_answer) serves both.
                     response = await client.post(
                         "/chat/completions", body=body, cast_to=self.httpx2.Response
                     )
@@ -546,11 +551,15 @@ class _Run:
                     request_id=request.request_id, cache_key=key, status="ok", usage=spent,
                     cost_usd=cost, attempts=attempts, **fields,
                 )  # fmt: skip
-                if (problem := self.validate(candidate)) is not None:
-                    answer.status, answer.problem = "retry", f"the answer failed validation: {problem}"
+                problem = self.validate(candidate)
+                if problem is not None:
+                    answer.status = "retry"
+                    answer.problem = f"the answer failed validation: {problem}"
             if answer.status != "retry":
                 return self._finish(request, key, answer.status, spent, cost, attempts, **fields)
-            if answer_retries < self.config.answer_retries and not self.aborting:
+            if self.aborting:
+                return _ABORTED  # not final: the next run asks again
+            if answer_retries < self.config.answer_retries:
                 answer_retries += 1
                 log.debug("asking again for %s: %s", request.request_id, answer.problem)
                 continue

@@ -77,7 +77,9 @@ class RateLimiter:
         clock: Clock | None = None,
     ) -> None:
         self.clock = clock or MonotonicClock()
-        self.requests = TokenBucket(requests_per_minute, self.clock) if requests_per_minute else None
+        self.requests = (
+            TokenBucket(requests_per_minute, self.clock) if requests_per_minute else None
+        )
         self.tokens = TokenBucket(tokens_per_minute, self.clock) if tokens_per_minute else None
         self._semaphore = asyncio.Semaphore(concurrency)
         self._lock = asyncio.Lock()  # FIFO: waiters are admitted in the order they came

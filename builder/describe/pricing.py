@@ -148,9 +148,7 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def image_tokens(
-    size: tuple[int, int] | None, detail: str, price: ModelPrice | None = None
-) -> int:
+def image_tokens(size: tuple[int, int] | None, detail: str, price: ModelPrice | None = None) -> int:
     base = price.image_base_tokens if price else 85
     per_tile = price.image_tile_tokens if price else 170
     if detail == "low":
