@@ -40,7 +40,7 @@ from adinstruct.builder.instruct import (
     write_instruct,
 )
 from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
-from adinstruct.builder.progress import Progress
+from adinstruct.builder.progress import Progress, StatsOnly
 from adinstruct.builder.redact import redact_command
 from adinstruct.builder.runner import make_runner
 from adinstruct.builder.sources import SourceBuilder, get_builder
@@ -330,12 +330,14 @@ def make_describer(
     )
     prices = PriceTable.from_file(options.prices) if options.prices else PriceTable()
     cache = AnswerCache(options.cache or out / CACHE_FILE)
-    engine: Engine | BatchRunner = Engine(engine_config, cache, prices, progress)
+    # The describe bar counts samples itself; the engine only reports its running figures.
+    stats = StatsOnly(progress)
+    engine: Engine | BatchRunner = Engine(engine_config, cache, prices, stats)
     if options.batch:
         from adinstruct.builder.describe.batch import BatchRunner
 
         # Same requests, same cache, same run() contract: the describer cannot tell them apart.
-        engine = BatchRunner(engine_config, cache, prices, options.batch_poll_s, progress=progress)
+        engine = BatchRunner(engine_config, cache, prices, options.batch_poll_s, progress=stats)
     describer = OpenAIDescriber(
         roots={name: str(root) for name, root in roots.items()},
         config=PromptConfig(model=config.model, detail=options.detail),

@@ -76,3 +76,17 @@ class RichProgress(Progress):
 
     def close(self) -> None:
         self._bar.stop()
+
+
+class StatsOnly(Progress):
+    """Passes a worker's stats line to the caller's bar, which counts the items itself.
+
+    The describe bar advances once per sample in the pipeline; the LLM engine underneath
+    would count the same items again through `advance`.
+    """
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+
+    def stats(self, text: str) -> None:
+        self.inner.stats(text)
