@@ -153,8 +153,8 @@ def build(
     quiet: Quiet = False,
 ) -> None:
     """Build a dataset folder from releases on disk."""
-    from adinstruct.builder.instruct import LLMOptions
-    from adinstruct.builder.pipeline import BuildConfig, instruct_config, parse_source_spec
+    from adinstruct.builder.instruct import LLMOptions, instruct_config
+    from adinstruct.builder.pipeline import BuildConfig, parse_source_spec
 
     llm = LLMOptions(
         detail=detail, concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm,
@@ -186,7 +186,8 @@ def demo(
 ) -> None:
     """Generate a small synthetic release and run every stage on it, offline."""
     from adinstruct.builder.demo import generate_demo_tree, is_generated_tree
-    from adinstruct.builder.pipeline import BuildConfig, SourceSpec, instruct_config
+    from adinstruct.builder.instruct import instruct_config
+    from adinstruct.builder.pipeline import BuildConfig, SourceSpec
 
     source_root = out / "source" / "demo"
     if is_generated_tree(source_root):

@@ -13,6 +13,8 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
+from adinstruct.schemas import Sample
+
 
 @contextmanager
 def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -72,3 +74,10 @@ class JsonListWriter:
 
     def close(self) -> None:
         self.handle.write("\n]\n" if self.records else "]\n")
+
+
+def read_samples(path: Path) -> Iterator[Sample]:
+    """The samples of a JSON-lines file, one at a time."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            yield Sample.model_validate_json(line)

@@ -8,7 +8,6 @@ without holding the dataset in memory. Results stream to their files in input or
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 from collections import Counter, defaultdict
@@ -28,19 +27,16 @@ from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
 from adinstruct.builder.describe.base import Describer
 from adinstruct.builder.describe.llm import OpenAIDescriber
 from adinstruct.builder.describe.pricing import DryRunEstimate, estimate_run
-from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
-from adinstruct.builder.images import Placement
 from adinstruct.builder.instruct import (
     INSTRUCT_FILE,
-    RECIPES,
     InstructConfig,
-    LLMOptions,
+    make_describer,
     provenance,
     write_instruct,
 )
-from adinstruct.builder.io import atomic_writer, record_line, sha256_file, write_json
-from adinstruct.builder.progress import Progress, StatsOnly
+from adinstruct.builder.io import atomic_writer, read_samples, record_line, sha256_file, write_json
+from adinstruct.builder.progress import Progress
 from adinstruct.builder.redact import redact_command
 from adinstruct.builder.runner import make_runner
 from adinstruct.builder.sources import SourceBuilder, get_builder
@@ -55,12 +51,9 @@ from adinstruct.schemas import (
 )
 
 if TYPE_CHECKING:
-    from adinstruct.builder.describe.batch import BatchRunner
-    from adinstruct.builder.describe.engine import Engine
+    pass
 
 WORK_DIR = ".adinstruct-work"
-#: The LLM answer cache lives in the output folder so that a rerun of the same command finds it.
-CACHE_FILE = ".cache/llm.sqlite3"
 SAMPLES_FILE = "samples.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -94,36 +87,6 @@ class BuildConfig(BaseModel):
             },
             "instruct": provenance(self.instruct, self.seed) if self.instruct else None,
         }
-
-
-def instruct_config(
-    recipe: str | None,
-    describer: str | None,
-    model: str | None,
-    images: str,
-    llm: LLMOptions | None = None,
-) -> InstructConfig | None:
-    """The recipe part of a build from command-line words, with errors a person can act on."""
-    if recipe is None:
-        if describer or model:
-            raise ConfigError("--describer and --model need --recipe anomaly-instruct")
-        return None
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
-    chosen = describer or ("openai" if os.environ.get("OPENAI_API_KEY") else "template")
-    if chosen not in ("template", "openai"):
-        raise ConfigError(f"unknown describer {chosen!r}; use template or openai")
-    if chosen == "openai" and not model:
-        raise ConfigError(
-            "the openai describer needs --model (OPENAI_API_KEY is set, so it was chosen; "
-            "pass --describer template to stay offline)"
-        )
-    if images not in {placement.value for placement in Placement}:
-        raise ConfigError(f"--images must be copy or hardlink, got {images!r}")
-    return InstructConfig(
-        recipe=recipe, describer=chosen, model=model, images=Placement(images),
-        llm=llm or LLMOptions(),
-    )  # fmt: skip
 
 
 def parse_source_spec(text: str) -> SourceSpec:
@@ -296,55 +259,6 @@ def annotate_into(
             progress.advance(1)
     progress.finish()
     return written
-
-
-def read_samples(path: Path) -> Iterator[Sample]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            yield Sample.model_validate_json(line)
-
-
-def make_describer(
-    config: InstructConfig,
-    out: Path,
-    roots: dict[str, Path],
-    annotated: Path,
-    progress: Progress,
-) -> tuple[Describer, Engine | BatchRunner | None]:
-    """The recipe's describer; for openai also the engine, whose totals go into the manifest."""
-    if config.describer == "template":
-        return TemplateDescriber(), None
-    from adinstruct.builder.describe.cache import AnswerCache
-    from adinstruct.builder.describe.engine import Engine, EngineConfig
-    from adinstruct.builder.describe.llm import pick_references
-    from adinstruct.builder.describe.pricing import PriceTable
-    from adinstruct.builder.describe.prompt import PromptConfig
-
-    assert config.model is not None  # instruct_config() insists on it
-    options = config.llm
-    engine_config = EngineConfig(
-        concurrency=options.concurrency,
-        requests_per_minute=options.requests_per_minute,
-        tokens_per_minute=options.tokens_per_minute,
-        max_failures=options.max_failures,
-    )
-    prices = PriceTable.from_file(options.prices) if options.prices else PriceTable()
-    cache = AnswerCache(options.cache or out / CACHE_FILE)
-    # The describe bar counts samples itself; the engine only reports its running figures.
-    stats = StatsOnly(progress)
-    engine: Engine | BatchRunner = Engine(engine_config, cache, prices, stats)
-    if options.batch:
-        from adinstruct.builder.describe.batch import BatchRunner
-
-        # Same requests, same cache, same run() contract: the describer cannot tell them apart.
-        engine = BatchRunner(engine_config, cache, prices, options.batch_poll_s, progress=stats)
-    describer = OpenAIDescriber(
-        roots={name: str(root) for name, root in roots.items()},
-        config=PromptConfig(model=config.model, detail=options.detail),
-        engine=engine,
-        references=pick_references(read_samples(annotated)),
-    )
-    return describer, engine
 
 
 def annotate_sources(

@@ -213,7 +213,7 @@ def test_anomaly_instruct_recipe_writes_records_for_every_sample(planted, tmp_pa
 
 
 def test_recipe_options_are_checked(planted, tmp_path, monkeypatch):
-    from adinstruct.builder.pipeline import instruct_config
+    from adinstruct.builder.instruct import instruct_config
 
     assert instruct_config(None, None, None, "copy") is None
     with pytest.raises(ConfigError, match="need --recipe"):
