@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from adinstruct import __version__
-from adinstruct.builder.errors import AdinstructError
+from adinstruct.builder.errors import AdinstructError, ConfigError
 
 app = typer.Typer(
     name="build-dataset",
@@ -206,6 +206,40 @@ def demo(
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)
+
+
+@app.command()
+def validate(
+    folder: Annotated[Path, typer.Argument(help="A built output folder.")],
+    only: Annotated[
+        list[str] | None, typer.Option("--validator", help="Run only these (repeatable).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Check a built folder; exit status 1 when any error-level finding remains."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from adinstruct.validators.runner import validate_folder
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder")
+    progress = progress_for(quiet)
+    try:
+        report = validate_folder(folder, validators=only or None, progress=progress)
+    finally:
+        progress.close()
+    report.write(folder / "validation.json")
+    if not quiet:
+        table = Table(title=f"validation of {folder}")
+        for column in ("validator", "errors", "warnings"):
+            table.add_column(column)
+        for name, errors, warnings in report.summary_table():
+            table.add_row(name, str(errors), str(warnings))
+        Console(stderr=True).print(table)
+    say(f"{report.error_count} errors, {report.warning_count} warnings: "
+        f"{folder / 'validation.json'}", quiet)  # fmt: skip
+    raise typer.Exit(report.exit_status)
 
 
 def version_callback(value: bool) -> None:

@@ -1,9 +1,11 @@
 """The validator contract: a base class owns the loop; each check fills in one hook.
 
 A validator looks at the records of a built folder and returns findings. Per-record checks
-implement `check(record, context)`; checks across records (leakage, balance, repeated
-boilerplate) keep small running state and report in `finish(context)`. Counting, the summary
-and the exit status live in the runner, once.
+implement `check(record, file, context)` (instruction records the model accepts) or
+`check_raw(raw, context)` (every record of every records file, as parsed JSON, whether the
+model accepts it or not); checks across records (leakage, balance, repeated boilerplate) keep
+small running state and report in `finish(context)`. Reading, counting, the summary and the
+exit status live in the runner, once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ from abc import ABC
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adinstruct.schemas import InstructionRecord
+from adinstruct.schemas import (
+    DetectionItem,
+    InstructionRecord,
+    Manifest,
+    MMADItem,
+    QuarantineEntry,
+    ReasoningItem,
+    Sample,
+)
 
 Severity = Literal["error", "warning"]
 
@@ -50,6 +60,84 @@ class SampleFacts:
     image: str  # relative to DIR/images, as records name it
 
 
+#: Record kind -> the model its records must satisfy. A kind names what one record is: a line
+#: of samples.jsonl is a "sample", an entry of an instruct/*.json list an "instruction_record",
+#: one value of benchmark/mmad.json an "mmad_item", the whole manifest.json a "manifest".
+RECORD_MODELS: dict[str, type[BaseModel]] = {
+    "manifest": Manifest,
+    "sample": Sample,
+    "quarantine_entry": QuarantineEntry,
+    "instruction_record": InstructionRecord,
+    "detection_item": DetectionItem,
+    "reasoning_item": ReasoningItem,
+    "mmad_item": MMADItem,
+}
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class RawRecord:
+    """One record as it stands in its file: parsed JSON, not yet trusted to fit its model."""
+
+    kind: str  # a key of RECORD_MODELS
+    file: str  # relative to the folder, POSIX
+    index: int  # 0-based position among the file's records
+    data: Any  # the parsed JSON value (usually a dict, but a hand-edited file may hold anything)
+    text: str  # its JSON text as written in the file
+    line: int | None = None  # 1-based line, for JSON-lines files
+    key: str | None = None  # its key, for records that are values of a JSON object (mmad.json)
+    _model: Any = _UNSET
+    _model_error: ValidationError | None = None
+
+    @property
+    def record_id(self) -> str | None:
+        """The id a person would search for: `id`, else the key, sample id or image path."""
+        if self.key is not None:
+            return self.key
+        data = self.data
+        if not isinstance(data, dict):
+            return None
+        for name in ("id", "sample_id", "image", "path"):
+            value = data.get(name)
+            if isinstance(value, list) and value:
+                value = value[0]
+            if isinstance(value, str):
+                return value
+        return None
+
+    @property
+    def where(self) -> str:
+        """'samples.jsonl line 3', 'instruct/anomaly_instruct.json record 5' (1-based)."""
+        if self.line is not None:
+            return f"{self.file} line {self.line}"
+        if self.key is not None:
+            return f"{self.file} key {self.key!r}"
+        return f"{self.file} record {self.index + 1}"
+
+    def model(self) -> BaseModel | None:
+        """The record as its model, or None when the model rejects it (see `model_error`).
+
+        Validated once, however many validators ask: strictly (no "1" for 1, no "true" for
+        true) and by alias only ("from", never "speaker"), so that the model accepts nothing
+        that the exported JSON Schema rejects.
+        """
+        if self._model is _UNSET:
+            try:
+                validator = RECORD_MODELS[self.kind].__pydantic_validator__
+                self._model = validator.validate_json(
+                    self.text, strict=True, by_alias=True, by_name=False
+                )
+            except ValidationError as error:
+                self._model, self._model_error = None, error
+        return self._model
+
+    @property
+    def model_error(self) -> ValidationError | None:
+        self.model()
+        return self._model_error
+
+
 @dataclass
 class FolderContext:
     """The built folder being validated, and the sample facts records are checked against."""
@@ -61,14 +149,27 @@ class FolderContext:
 
 
 class Validator(ABC):
-    """Fill in `check`, `finish` or both; the runner calls them."""
+    """Fill in `check`, `check_raw`, `finish` or any of them; the runner calls them."""
 
     name: str
+    #: Record kinds `check_raw` is called for (keys of RECORD_MODELS).
+    raw_kinds: ClassVar[frozenset[str]] = frozenset()
+
+    def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
+        """Findings for one record of a kind in `raw_kinds`, whether its model accepts it or not.
+
+        Files are read in this order: manifest.json, samples.jsonl (so `context.samples` is
+        complete before any other file), quarantine.jsonl, instruct/, benchmark/.
+        """
+        return ()
 
     def check(
         self, record: InstructionRecord, file: str, context: FolderContext
     ) -> Iterable[Finding]:
-        """Findings for one record of `file` (relative to the folder)."""
+        """Findings for one instruction record of `file` (relative to the folder).
+
+        Called only for records that the model accepts; the others get schema findings.
+        """
         return ()
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:

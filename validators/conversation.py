@@ -1,0 +1,252 @@
+"""The conversation check: LLaVA-OneVision's rules for the turns of every instruction record.
+
+Read from the raw JSON, not the model, so that a record the model rejects as a whole ("turn 3
+is from 'human'") still gets one precise finding per broken rule. Rules (errors, since the
+trainer mis-reads or drops such a record): human first, then strictly alternating human/gpt,
+an even count of at least 2, exactly one `<image>` token per image in the first human turn
+and none in any other, no empty (or whitespace-only) turn, and an image in every record
+(Anomaly-OV's loader needs one). Style (warnings): the tokens at the front of the turn, each
+followed by a newline, where LLaVA-OneVision moves a lone token anyway; no leading or trailing
+whitespace. Benchmark chats get the rules that apply to them: no empty question or answer, as
+many reference answers as questions, and an MMAD answer letter that is one of the options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from adinstruct.validators.base import Finding, FolderContext, RawRecord, Validator
+
+#: The token LLaVA-OneVision replaces with the image features (as compose writes it).
+IMAGE_TOKEN = "<image>"
+SPEAKERS = ("human", "gpt")
+
+
+def image_count(image: Any) -> int | None:
+    """Images a record shows, or None when `image` is not a path or a list of paths."""
+    if isinstance(image, str):
+        return 1
+    if isinstance(image, list) and all(isinstance(path, str) for path in image):
+        return len(image)
+    return None
+
+
+#: "<image>\n" once per image: the prefix of a well-formed first turn, by image count.
+_PREFIXES = tuple(f"{IMAGE_TOKEN}\n" * count for count in range(16))
+
+
+def follows_every_rule(data: dict[str, Any]) -> bool:
+    """True when the record breaks no rule (style included): the cheap path that almost every
+    record takes. False only sends the record to the full check, which says what is wrong."""
+    try:
+        image, turns = data["image"], data["conversations"]
+        if type(image) is str:
+            images = 1
+        elif type(image) is list and all(type(path) is str for path in image):
+            images = len(image)
+        else:
+            return False
+        count = len(turns)
+        if count < 2 or count % 2 or not 0 < images < len(_PREFIXES):
+            return False
+        for index in range(count):
+            turn = turns[index]
+            value = turn["value"]
+            if type(value) is not str or turn["from"] != SPEAKERS[index % 2]:
+                return False
+            if index == 0:
+                prefix = _PREFIXES[images]
+                if not value.startswith(prefix) or value.count(IMAGE_TOKEN) != images:
+                    return False
+                # After its tokens the first turn may hold nothing (an image-only prompt).
+                text = value[len(prefix) :]
+                stripped = text.strip()
+                if stripped and stripped != text:
+                    return False
+                continue
+            if IMAGE_TOKEN in value:
+                return False
+            stripped = value.strip()
+            if not stripped or stripped != value:
+                return False
+    except (KeyError, TypeError, IndexError):
+        return False
+    return True
+
+
+def turn_list(indices: list[int]) -> str:
+    return ", ".join(str(index) for index in indices)
+
+
+class ConversationValidator(Validator):
+    name = "conversation"
+    raw_kinds = frozenset({"instruction_record", "reasoning_item", "mmad_item"})
+
+    def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
+        data = raw.data
+        if not isinstance(data, dict):
+            return ()  # not a record at all: the schema check says so
+        if raw.kind == "instruction_record":
+            return () if follows_every_rule(data) else self.check_conversation(raw, data)
+        if raw.kind == "reasoning_item":
+            return self.check_reasoning(raw, data)
+        return self.check_mmad(raw, data)
+
+    def error(self, raw: RawRecord, code: str, message: str) -> Finding:
+        return self.finding(
+            "error", code, f"{raw.where}: {message}", file=raw.file, record_id=raw.record_id
+        )
+
+    def warning(self, raw: RawRecord, code: str, message: str) -> Finding:
+        return self.finding(
+            "warning", code, f"{raw.where}: {message}", file=raw.file, record_id=raw.record_id
+        )
+
+    def check_conversation(self, raw: RawRecord, data: dict[str, Any]) -> list[Finding]:
+        turns = data.get("conversations")
+        if not isinstance(turns, list):
+            return []  # missing or not a list: a schema finding
+        findings: list[Finding] = []
+        if len(turns) < 2:
+            findings.append(self.error(
+                raw, "too_few_turns",
+                f"{len(turns)} turn(s); a conversation needs a human turn and a gpt answer",
+            ))  # fmt: skip
+        elif len(turns) % 2:
+            findings.append(self.error(
+                raw, "odd_turn_count",
+                f"{len(turns)} turns; a conversation ends with a gpt answer, so the count is even",
+            ))  # fmt: skip
+        order_reported = False
+        first_human: int | None = None
+        values: list[tuple[int, str]] = []
+        for index, turn in enumerate(turns):
+            speaker = turn.get("from") if isinstance(turn, dict) else None
+            value = turn.get("value") if isinstance(turn, dict) else None
+            if not isinstance(speaker, str) or not isinstance(value, str):
+                findings.append(self.error(
+                    raw, "bad_turn",
+                    f"turn {index} is not an object with string 'from' and 'value'",
+                ))  # fmt: skip
+                continue
+            values.append((index, value))
+            if speaker not in SPEAKERS:
+                findings.append(self.error(
+                    raw, "unknown_speaker", f"turn {index} is from {speaker!r}; use human or gpt"
+                ))  # fmt: skip
+                continue
+            if speaker == "human" and first_human is None:
+                first_human = index
+            expected = SPEAKERS[index % 2]
+            if speaker != expected and not order_reported:
+                order_reported = True  # one broken order, one finding
+                if index == 0:
+                    findings.append(self.error(
+                        raw, "first_turn_not_human",
+                        "turn 0 is from 'gpt'; a conversation starts with the human's question",
+                    ))  # fmt: skip
+                else:
+                    findings.append(self.error(
+                        raw, "turns_not_alternating",
+                        f"turn {index} is from {speaker!r} after a "
+                        f"{turns[index - 1].get('from')!r} turn; turns alternate human, gpt",
+                    ))  # fmt: skip
+        findings.extend(self.check_values(raw, data, values, first_human))
+        return findings
+
+    def check_values(
+        self, raw: RawRecord, data: dict[str, Any], values: list[tuple[int, str]],
+        first_human: int | None,
+    ) -> list[Finding]:  # fmt: skip
+        findings: list[Finding] = []
+        empty = [index for index, value in values if not value.strip()]
+        if empty:
+            findings.append(self.error(
+                raw, "empty_turn", f"turn(s) {turn_list(empty)} are empty or only whitespace"
+            ))  # fmt: skip
+        images = image_count(data.get("image"))
+        if images == 0:
+            findings.append(self.error(
+                raw, "no_image", "'image' is an empty list; every record needs an image"
+            ))  # fmt: skip
+        elsewhere = [
+            index for index, value in values if index != first_human and IMAGE_TOKEN in value
+        ]
+        if elsewhere:
+            findings.append(self.error(
+                raw, "image_token_outside_first_turn",
+                f"turn(s) {turn_list(elsewhere)} hold {IMAGE_TOKEN}; the tokens belong in the "
+                "first human turn only",
+            ))  # fmt: skip
+        untrimmed = []
+        for index, value in values:
+            if index == first_human and images:
+                value = value.removeprefix(f"{IMAGE_TOKEN}\n" * images)
+            if value.strip() and value != value.strip():
+                untrimmed.append(index)
+        if first_human is not None and images is not None:
+            first = next(value for index, value in values if index == first_human)
+            tokens = first.count(IMAGE_TOKEN)
+            if tokens != images:
+                findings.append(self.error(
+                    raw, "image_token_count",
+                    f"the first human turn (turn {first_human}) holds {tokens} {IMAGE_TOKEN} "
+                    f"token(s) for {images} image(s); give exactly one per image",
+                ))  # fmt: skip
+            elif images and not first.startswith(f"{IMAGE_TOKEN}\n" * images):
+                findings.append(self.warning(
+                    raw, "image_token_not_leading",
+                    f"the {IMAGE_TOKEN} token(s) of turn {first_human} are not at its front, "
+                    "each followed by a newline, where LLaVA-OneVision expects them",
+                ))  # fmt: skip
+        if untrimmed:
+            findings.append(self.warning(
+                raw, "untrimmed_turn",
+                f"turn(s) {turn_list(untrimmed)} start or end with whitespace",
+            ))  # fmt: skip
+        return findings
+
+    def check_reasoning(self, raw: RawRecord, data: dict[str, Any]) -> list[Finding]:
+        questions, answers = data.get("questions"), data.get("answers") or []
+        if not isinstance(questions, list) or not isinstance(answers, list):
+            return []
+        findings: list[Finding] = []
+        empty = [
+            f"{kind} {index}"
+            for kind, texts in (("question", questions), ("answer", answers))
+            for index, text in enumerate(texts)
+            if isinstance(text, str) and not text.strip()
+        ]
+        if empty:
+            findings.append(self.error(
+                raw, "empty_turn", f"{', '.join(empty)} are empty or only whitespace"
+            ))  # fmt: skip
+        if answers and len(answers) != len(questions):
+            findings.append(self.error(
+                raw, "answer_count_mismatch",
+                f"{len(questions)} questions but {len(answers)} reference answers; give one "
+                "answer per question (or none)",
+            ))  # fmt: skip
+        return findings
+
+    def check_mmad(self, raw: RawRecord, data: dict[str, Any]) -> list[Finding]:
+        questions = data.get("conversation")
+        if not isinstance(questions, list):
+            return []
+        findings: list[Finding] = []
+        for index, question in enumerate(questions):
+            if not isinstance(question, dict):
+                continue
+            text, options, answer = (
+                question.get("Question"), question.get("Options"), question.get("Answer")
+            )  # fmt: skip
+            if isinstance(text, str) and not text.strip():
+                findings.append(self.error(raw, "empty_turn", f"question {index} is empty"))
+            if isinstance(options, dict) and isinstance(answer, str) and answer not in options:
+                findings.append(self.error(
+                    raw, "answer_not_an_option",
+                    f"question {index} answers {answer!r}, which is not one of its options "
+                    f"{sorted(options)}",
+                ))  # fmt: skip
+        return findings
