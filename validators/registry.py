@@ -17,6 +17,10 @@ VALIDATORS: dict[str, str] = {
     "schema": "adinstruct.validators.schema_check:SchemaValidator",
     "integrity": "adinstruct.validators.integrity:IntegrityValidator",
     "conversation": "adinstruct.validators.conversation:ConversationValidator",
+    "grounding": "adinstruct.validators.grounding:GroundingValidator",
+    "leakage": "adinstruct.validators.leakage:LeakageValidator",
+    "zero_shot": "adinstruct.validators.zero_shot:ZeroShotValidator",
+    "balance": "adinstruct.validators.balance:BalanceValidator",
 }
 
 

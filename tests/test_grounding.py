@@ -1,0 +1,382 @@
+"""Grounding over a real demo build: a clean folder passes, and every planted fault is caught.
+
+Each test plants one kind of fault in every record it suits (in a copy of the folder) and
+asserts that exactly those records are flagged with the fault's code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adinstruct.builder.demo import generate_demo_tree
+from adinstruct.builder.describe.template import GRID_PATTERN, grid_words_in
+from adinstruct.builder.instruct import INSTRUCT_FILE, InstructConfig
+from adinstruct.builder.io import read_samples
+from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
+from adinstruct.schemas import InstructionRecord
+from adinstruct.validators.base import Finding, FolderContext, SampleFacts
+from adinstruct.validators.grounding import GroundingValidator
+
+
+def folder_context(root: Path) -> FolderContext:
+    """The sample facts of samples.jsonl, as the runner builds them."""
+    context = FolderContext(root=root)
+    for sample in read_samples(root / "samples.jsonl"):
+        annotation = sample.annotation
+        context.samples[sample.id] = SampleFacts(
+            sample_id=sample.id,
+            source=sample.source,
+            category=sample.category,
+            split=sample.split,
+            label=sample.label,
+            defect_types=tuple(sample.defect_types),
+            has_mask=bool(sample.masks),
+            grid_cells=tuple(annotation.grid_cells) if annotation else (),
+            region_count=annotation.region_count if annotation else 0,
+            image=f"{sample.source}/{sample.image_paths[0]}",
+        )
+        names = context.defect_names.setdefault((sample.source, sample.category), set())
+        names.update(sample.defect_types)
+    return context
+
+
+def validate(root: Path, *validators) -> list[Finding]:
+    context = folder_context(root)
+    findings: list[Finding] = []
+    for path in sorted((root / "instruct").glob("*.json")):
+        file = path.relative_to(root).as_posix()
+        for raw in json.loads(path.read_text(encoding="utf-8")):
+            record = InstructionRecord.model_validate(raw)
+            for validator in validators:
+                findings += validator.check(record, file, context)
+    for validator in validators:
+        findings += validator.finish(context)
+    return findings
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_tree(out / "source" / "demo", seed=0)
+    config = BuildConfig(
+        sources=[SourceSpec(name="demo", root=out / "source" / "demo")],
+        out=out,
+        workers=1,
+        instruct=InstructConfig(),
+    )
+    build(config)
+    return out
+
+
+@pytest.fixture
+def folder(demo, tmp_path) -> Path:
+    """A copy of the demo build to plant faults in; grounding reads no pixels."""
+    copy = tmp_path / "folder"
+    shutil.copytree(demo, copy, ignore=shutil.ignore_patterns("source", "images", "masks"))
+    return copy
+
+
+def records(root: Path) -> list[dict]:
+    return json.loads((root / INSTRUCT_FILE).read_text(encoding="utf-8"))
+
+
+def write_records(root: Path, payload: list[dict]) -> None:
+    (root / INSTRUCT_FILE).write_text(json.dumps(payload), encoding="utf-8")
+
+
+def answers(record: dict) -> list[dict]:
+    return [turn for turn in record["conversations"] if turn["from"] == "gpt"]
+
+
+def flagged(findings: list[Finding], code: str) -> set[str]:
+    return {finding.record_id for finding in findings if finding.code == code}
+
+
+def errors(findings: list[Finding]) -> list[Finding]:
+    return [finding for finding in findings if finding.severity == "error"]
+
+
+def plant(folder: Path, change) -> set[str]:
+    """Apply `change(record) -> bool` to every record; the ids of those it changed."""
+    payload = records(folder)
+    planted = {record["id"] for record in payload if change(record)}
+    write_records(folder, payload)
+    assert planted, "the fault suits no record of the demo"
+    return planted
+
+
+def test_the_clean_demo_folder_has_no_grounding_finding(demo):
+    assert validate(demo, GroundingValidator()) == []
+
+
+def test_a_flipped_yes_or_no_is_a_label_contradiction(folder):
+    def flip(record):
+        first = answers(record)[0]
+        for before, after in (("No", "Yes"), ("Yes", "No")):
+            if first["value"].startswith((f"{before},", f"{before}.")):
+                first["value"] = after + first["value"][len(before) :]
+                return True
+        return False
+
+    planted = plant(folder, flip)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "label_contradiction") == planted
+    assert {finding.code for finding in errors(findings)} == {"label_contradiction"}
+
+
+OPPOSITE = {
+    "top left": "bottom right", "bottom right": "top left",
+    "top right": "bottom left", "bottom left": "top right",
+    "top": "bottom", "bottom": "top", "left": "right", "right": "left",
+}  # fmt: skip
+
+
+def test_a_location_moved_to_the_opposite_corner_is_a_location_mismatch(folder):
+    cells = {facts.sample_id: facts.grid_cells for facts in folder_context(folder).samples.values()}
+
+    def move(record):
+        allowed = cells[record["metadata"]["sample_id"]]
+
+        def opposite(match):
+            word = match.group(0).lower()
+            return OPPOSITE[word] if OPPOSITE.get(word, word) not in allowed else match.group(0)
+
+        moved = False
+        for turn in answers(record):
+            text = GRID_PATTERN.sub(opposite, turn["value"])
+            moved, turn["value"] = moved or text != turn["value"], text
+        return moved
+
+    planted = plant(folder, move)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "location_mismatch") == planted
+    assert {finding.code for finding in errors(findings)} == {"location_mismatch"}
+
+
+def test_a_wrong_region_count_is_a_count_mismatch(folder):
+    def recount(record):
+        changed = False
+        for turn in answers(record):
+            if "one region" in turn["value"]:
+                turn["value"] = turn["value"].replace("one region", "3 separate regions")
+                changed = True
+        return changed
+
+    planted = plant(folder, recount)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "count_mismatch") == planted
+    assert all("states 3 region(s); the mask has 1" in f.message for f in errors(findings))
+
+
+def test_a_defect_name_of_another_category_is_unknown(folder):
+    # capsule's defects are crack and contamination; scratch belongs to washer.
+    def rename(record):
+        changed = False
+        if record["metadata"]["category"] == "capsule":
+            for turn in answers(record):
+                if "crack defect" in turn["value"]:
+                    turn["value"] = turn["value"].replace("crack defect", "scratch defect")
+                    changed = True
+        return changed
+
+    planted = plant(folder, rename)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "unknown_defect_name") == planted
+    assert {finding.severity for finding in findings} == {"error"}
+
+
+def test_locations_of_an_anomaly_without_mask_are_unsupported(folder):
+    """A hand-edited samples.jsonl drops one sample's mask; its records still locate it."""
+    samples_path = folder / "samples.jsonl"
+    lines = samples_path.read_text(encoding="utf-8").splitlines()
+    target = "demo/capsule/test/crack/000"
+    for index, line in enumerate(lines):
+        sample = json.loads(line)
+        if sample["id"] == target:
+            sample["masks"], sample["annotation"]["mask_rle"] = [], None
+            lines[index] = json.dumps(sample)
+    samples_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    located = {
+        record["id"]
+        for record in records(folder)
+        if record["metadata"]["sample_id"] == target
+        and any(grid_words_in(turn["value"]) for turn in answers(record))
+    }
+    assert located
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "location_without_mask") == located
+    assert {finding.code for finding in errors(findings)} == {"location_without_mask"}
+
+
+REFUSALS = [
+    "I'm sorry, but I can't help with identifying defects in this image.",
+    "As an AI language model, I cannot see images.",
+    "I cannot analyse this image.",
+]
+
+
+def test_refusals_are_errors(folder):
+    counter = iter(range(10**6))
+
+    def refuse(record):
+        answers(record)[-1]["value"] = REFUSALS[next(counter) % len(REFUSALS)]
+        return True
+
+    planted = plant(folder, refuse)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "refusal") == planted
+
+
+def test_answers_cut_mid_sentence_or_with_an_open_bracket_are_truncated(folder):
+    def cut(record):
+        last = answers(record)[-1]
+        words = last["value"].split()
+        if len(words) < 6:
+            return False
+        last["value"] = " ".join(words[:-2])
+        return True
+
+    planted = plant(folder, cut)
+    findings = validate(folder, GroundingValidator())
+    assert flagged(findings, "truncated_answer") == planted
+    assert errors(findings) == []  # truncation is a warning, and cutting claimed nothing
+
+
+def test_one_answer_in_most_records_of_a_family_is_boilerplate(folder):
+    def stamp(record):
+        if record["metadata"]["task_family"] != "detection" or record["metadata"]["anomaly"]:
+            return False
+        answers(record)[0]["value"] = "No, the object looks normal."
+        return True
+
+    planted = plant(folder, stamp)
+    detection = sum(r["metadata"]["task_family"] == "detection" for r in records(folder))
+    findings = validate(folder, GroundingValidator())
+    [finding] = findings
+    assert finding.code == "repeated_boilerplate" and finding.severity == "warning"
+    assert finding.record_id in planted
+    assert f"at least {len(planted)} of {detection} detection records" in finding.message
+    # Below the share, or with too few records, nothing is reported.
+    assert validate(folder, GroundingValidator(boilerplate_share=0.9)) == []
+
+
+# -- freer (LLM-style) text, on hand-made records ---------------------------------------
+
+
+def context_with(facts: SampleFacts, names: set[str]) -> FolderContext:
+    context = FolderContext(root=Path("."), samples={facts.sample_id: facts})
+    context.defect_names[(facts.source, facts.category)] = names
+    context.defect_names[(facts.source, "pushpins")] = {"broken"}
+    return context
+
+
+LOCO = SampleFacts(
+    sample_id="loco/juice_bottle/test/logical_anomalies/000",
+    source="loco",
+    category="juice_bottle",
+    split="test",
+    label="anomaly",
+    defect_types=("misplaced_label_top",),
+    has_mask=True,
+    grid_cells=("bottom left",),
+    region_count=2,
+    image="loco/juice_bottle/test/logical_anomalies/000.png",
+)
+NORMAL = SampleFacts(
+    sample_id="loco/juice_bottle/test/good/000",
+    source="loco",
+    category="juice_bottle",
+    split="test",
+    label="normal",
+    defect_types=(),
+    has_mask=False,
+    grid_cells=(),
+    region_count=0,
+    image="loco/juice_bottle/test/good/000.png",
+)
+
+
+def record_for(facts: SampleFacts, *gpt: str, family: str = "description") -> InstructionRecord:
+    turns = []
+    for index, answer in enumerate(gpt):
+        question = "<image>\nWhat do you see?" if index == 0 else "And then?"
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return InstructionRecord.model_validate(
+        {
+            "id": f"{facts.sample_id}#{family}",
+            "image": facts.image,
+            "conversations": turns,
+            "metadata": {
+                "anomaly": facts.label == "anomaly",
+                "source": facts.source,
+                "category": facts.category,
+                "sample_id": facts.sample_id,
+                "defect_types": list(facts.defect_types),
+                "task_family": family,
+            },
+        }
+    )
+
+
+def codes(facts: SampleFacts, *gpt: str) -> list[str]:
+    validator = GroundingValidator()
+    context = context_with(facts, {"misplaced_label_top", "missing_bottom"})
+    return [f.code for f in validator.check(record_for(facts, *gpt), "x.json", context)]
+
+
+@pytest.mark.parametrize(
+    "facts, gpt",
+    [
+        # A defect name holding a grid word states no location.
+        (LOCO, ["Yes, a misplaced label top defect in the bottom left, in 2 separate regions."]),
+        (LOCO, ["There is a misplaced label top defect. It covers two distinct regions."]),
+        # Hedges are no refusal; bounds are no count; adjectives are no defect name.
+        (LOCO, ["I cannot be certain of the cause, but it is a misplaced label top defect."]),
+        (LOCO, ["It spans at least three regions in the bottom left of the image."]),
+        (LOCO, ["It is a small, visible surface defect, and the rest looks normal."]),
+        # Normal images: an object's parts may sit at the top; "no defect" is no claim.
+        (NORMAL, ["No, the juice bottle looks fine; the label at the top is straight."]),
+        (NORMAL, ["The bottle shows no sign of a misplaced label top defect."]),
+        (NORMAL, ["No. Nothing abnormal is visible.", "It is a juice bottle (filled)."]),
+    ],
+)
+def test_free_text_that_agrees_with_the_facts_passes(facts, gpt):
+    assert codes(facts, *gpt) == []
+
+
+@pytest.mark.parametrize(
+    "facts, gpt, expected",
+    [
+        (LOCO, ["No, the juice bottle looks normal."], ["label_contradiction"]),
+        (LOCO, ["The bottle looks normal: no defect is visible."], ["label_contradiction"]),
+        (NORMAL, ["The juice bottle has a misplaced label top defect."], ["label_contradiction"]),
+        (LOCO, ["Yes, in the top right of the image."], ["location_mismatch"]),
+        (LOCO, ["Yes, it forms a single region."], ["count_mismatch"]),
+        (NORMAL, ["No, but it has one region that stands out."], ["count_mismatch"]),
+        (LOCO, ["Yes, it has a broken defect."], ["unknown_defect_name"]),
+        (LOCO, ["Yes, it has a bubble defect."], ["unknown_defect_name"]),
+        (LOCO, ["Yes.", ""], ["empty_answer"]),
+        (LOCO, ['Yes, the label reads "Orange juice.'], ["truncated_answer"]),
+    ],
+)
+def test_free_text_that_contradicts_the_facts_is_flagged(facts, gpt, expected):
+    assert codes(facts, *gpt) == expected
+
+
+def test_boilerplate_counts_stay_bounded_and_never_overstate():
+    validator = GroundingValidator(boilerplate_capacity=8, boilerplate_min_records=1)
+    context = context_with(NORMAL, set())
+    for index in range(2000):
+        text = "No, it is normal." if index % 2 == 0 else f"No, object {index} is normal."
+        record = record_for(NORMAL, text, family="detection")
+        list(validator.check(record, "x.json", context))
+    hitters = validator.answers_by_family["detection"]
+    assert len(hitters.counts) <= 8
+    [finding] = validator.finish(context)
+    count = int(finding.message.split("at least ")[1].split()[0])
+    # Misra-Gries: at most added / (capacity + 1) below the true 1000.
+    assert 1000 - 2000 / 9 <= count <= 1000

@@ -1,0 +1,604 @@
+"""Grounding: what the gpt turns claim (label, location, region count, defect name) against the
+sample's facts, plus refusals, truncated answers and boilerplate repeated across records.
+
+Claims are read the way the compose stage writes them (`builder/compose/families.py` and the
+answer banks): detection and reasoning chats open with "Yes, ..." / "No, ..."; locations are
+grid words ("top left and center"); counts read "one region" / "2 separate regions"; defect
+names stand before "defect" ("a crack defect"). Text an LLM wrote is freer, so every check
+flags only a clear contradiction and lets anything it cannot parse pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from adinstruct.builder.describe.template import (
+    UNNAMED,
+    category_name,
+    grid_words_in,
+    humanise,
+    object_phrase,
+)
+from adinstruct.schemas import InstructionRecord
+from adinstruct.validators.base import Finding, FolderContext, SampleFacts, Severity, Validator
+
+# Python's regex engine scans fast for a pattern that starts with a literal and slowly for one
+# that starts with \b or an alternation, so searches below run on lower-cased text, start with
+# a literal, and check the word boundary (and the word before) in code; a cheap `in` test
+# skips most of them. Each answer is read several ways, and 25,000 records per second for all
+# validators leave a few microseconds per answer.
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def starts_word(text: str, start: int) -> bool:
+    return start == 0 or not text[start - 1].isalnum()
+
+
+def word_before(text: str, start: int) -> str:
+    words = text[max(0, start - 40) : start].split()
+    return words[-1].strip("\"'*(,;:") if words else ""
+
+
+def occurrences(text: str, literal: str) -> Iterator[int]:
+    """Where `literal` starts a word of `text`."""
+    start = text.find(literal)
+    while start >= 0:
+        if starts_word(text, start):
+            yield start
+        start = text.find(literal, start + 1)
+
+
+# -- label polarity -----------------------------------------------------------------------
+
+# "Yes," / "No." / "**No**" at the very start; "No doubt, ..." and friends are no answer.
+LEADING_POLARITY = re.compile(r"^\W*(yes|no)\b(?!\s+(?:doubt|question|wonder|matter)\b)")
+_FLAW = r"(?:defects?|anomal(?:y|ies)|abnormalit(?:y|ies))"
+_NO_FLAW = re.compile(
+    rf"no\s+(?:visible\s+|obvious\s+|apparent\s+)?{_FLAW}\b(?P<stated>(?:\s+or\s+{_FLAW})?"
+    r"\s+(?:is|are|was|were|can be)\s+(?:visible|present|seen|found|detected|apparent)\b)?"
+)
+# Statements that the object is normal, as the normal answer banks word them: (cue, pattern,
+# words the phrase must follow or None, words it must not follow).
+NORMAL_CLAIMS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None, frozenset[str]], ...] = (
+    ("no", _NO_FLAW, None, frozenset()),
+    ("free", re.compile(rf"free\s+(?:of|from)\s+(?:any\s+)?(?:visible\s+)?{_FLAW}"), None,
+     frozenset({"not"})),
+    ("nothing", re.compile(
+        r"nothing\s+(?:about\s+it\s+)?(?:looks\s+|is\s+|appears\s+)?"
+        r"(?:abnormal|anomalous|defective|unusual)"), None, frozenset()),
+    ("normal condition", re.compile(r"in\s+normal\s+condition"), None, frozenset({"not"})),
+    ("intact", re.compile(r"intact\b"), word_set("looks appears is"), frozenset()),
+    ("normal", re.compile(r"normal\b"), word_set("looks appears is"), frozenset()),
+)  # fmt: skip
+# After "shows no defect", "has no anomaly", ...: a claim even without "is visible".
+NO_FLAW_VERBS = word_set("shows show has have see find detect contains contain")
+FLAW_STEMS = ("defect", "anomal", "abnormal")
+NEGATIONS = ("no ", "not ", "without", "nothing", "free of", "neither", "nor ")
+
+
+def leading_polarity(lowered: str) -> str | None:
+    match = LEADING_POLARITY.match(lowered)
+    return match.group(1) if match else None
+
+
+def normal_claims(lowered: str) -> list[tuple[int, int]]:
+    """Spans of the (lower-cased) text that say the object is normal."""
+    spans = []
+    for cue, pattern, after, not_after in NORMAL_CLAIMS:
+        if cue not in lowered:
+            continue
+        for match in pattern.finditer(lowered):
+            start = match.start()
+            if not starts_word(lowered, start):
+                continue
+            before = word_before(lowered, start)
+            if before in not_after or (after is not None and before not in after):
+                continue
+            if pattern is _NO_FLAW and not match.group("stated") and before not in NO_FLAW_VERBS:
+                continue  # "no defect" alone may be part of "no defect other than the crack"
+            spans.append(match.span())
+    return spans
+
+
+# -- region counts ------------------------------------------------------------------------
+
+_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NUMBER_WORDS = {word: value for value, word in enumerate([*_NUMBERS, "ten", "eleven", "twelve"])}
+NUMBER_WORDS["single"] = 1
+COUNT_ADJECTIVES = word_set(
+    "separate distinct disjoint connected different anomalous defective affected damaged"
+)
+# "at least two regions" states a bound, not a count.
+COUNT_QUALIFIERS = word_set("least most than over up about around some approximately roughly")
+
+
+def count_claims(lowered: str) -> list[int]:
+    """The region counts a (lower-cased) text states: 'one region' -> 1, '2 separate
+    regions' -> 2; 'at least two regions' and 'one of the regions' state none."""
+    counts = []
+    for start in occurrences(lowered, "region"):
+        words = lowered[max(0, start - 60) : start].split()
+        while words and words[-1] in COUNT_ADJECTIVES:
+            words.pop()
+        if not words:
+            continue
+        word = words[-1].lstrip("(")
+        value = int(word) if word.isdigit() else NUMBER_WORDS.get(word)
+        if value is None:
+            continue
+        before = words[-2] if len(words) > 1 else ""
+        if word == "single" and before == "a":
+            before = words[-3] if len(words) > 2 else ""
+        if before not in COUNT_QUALIFIERS:
+            counts.append(value)
+    return counts
+
+
+# -- defect names -------------------------------------------------------------------------
+
+# The words before "defect" name it ("a crack defect", "the broken large defects").
+DEFECT_HEADS = ("defect", "abnormalit")
+OTHER_KIND = re.compile(r'defect of the "([^"]+)" kind')
+SLOT_WORDS = 7
+SLOT_BREAK = re.compile(r"[.,;:!?()\[\]\"“”]")
+# A stated name starts after the last of these.
+SLOT_STOPWORDS = word_set(
+    "a an the and or with of is are was were has have had this that these those it its in "
+    "on at for to as but by from there here shows show see saw any some such also which "
+    "what where like each every another one two several more most no not without nor "
+    "could may might can i you we they"
+)
+# Only a name right after an article is read as a claim: "could hide other defects" is none.
+ARTICLES = frozenset({"a", "an", "the"})
+# Words that describe a defect without naming it ("a small surface defect").
+GENERIC_WORDS = word_set(
+    "small tiny large big medium minor major visible surface clear obvious single possible "
+    "subtle slight noticeable cosmetic local localised localized structural manufacturing "
+    "physical serious significant apparent potential kind type similar same other second "
+    "first main notable typical actual real genuine evident distinct separate certain "
+    "specific severe mild faint prominent"
+)
+
+
+def defect_slots(lowered: str) -> Iterator[tuple[str, str | None]]:
+    """(stated defect name, the word before it) for each 'X defect' of a lower-cased text.
+
+    The name is what follows the last stopword of up to seven words before "defect", leading
+    adjectives dropped: "a small crack defect" -> ("crack", "a"); "could hide other defects" ->
+    ("hide other", "could"); the word is None when no stopword bounds the name.
+    """
+    if '" kind' in lowered:
+        for match in OTHER_KIND.finditer(lowered):
+            yield match.group(1), "the"
+    for head in DEFECT_HEADS:
+        for start in occurrences(lowered, head):
+            if lowered.startswith('defect of the "', start):
+                continue
+            words = SLOT_BREAK.split(lowered[max(0, start - 80) : start])[-1].split()
+            words = words[-SLOT_WORDS:]
+            before = None
+            for index in range(len(words) - 1, -1, -1):
+                if words[index] in SLOT_STOPWORDS:
+                    before = words[index]
+                    words = words[index + 1 :]
+                    break
+            while words and words[0] in GENERIC_WORDS:
+                words = words[1:]
+            yield " ".join(words), before
+
+
+def name_known(stated: str, names: frozenset[str]) -> bool:
+    """Whether the stated name, or its tail after adjectives, is one of `names`."""
+    words = stated.split()
+    for start in range(len(words)):
+        tail = " ".join(words[start:])
+        if tail in names or f"{tail} defect" in names:
+            return True
+    return False
+
+
+# -- location words -----------------------------------------------------------------------
+
+# Every grid word contains one of these.
+GRID_STEMS = ("top", "bottom", "left", "right", "center")
+BLANK = "§"  # what a name holding a grid word is replaced by before grid words are searched
+
+
+def grid_window(lowered: str) -> tuple[int, int] | None:
+    """The span from the first to the last grid stem, widened to whole words, or None.
+
+    `grid_words_in` on that span finds what it finds on the whole text (every grid word holds
+    a stem, and the span starts and ends at word edges), at a fraction of the cost.
+    """
+    first, last = len(lowered), -1
+    for stem in GRID_STEMS:
+        at = lowered.find(stem)
+        if at >= 0:
+            first = min(first, at)
+            last = max(last, lowered.rfind(stem) + len(stem))
+    if last < 0:
+        return None
+    while first > 0 and lowered[first - 1].isalnum():
+        first -= 1
+    while last < len(lowered) and lowered[last].isalnum():
+        last += 1
+    return first, last
+
+
+# -- refusals and truncation --------------------------------------------------------------
+
+REFUSAL_ANYWHERE = re.compile(
+    r"\bas an ai\b|\bas a language model\b|\bi'?m sorry\b|\bi am sorry\b|\bi apologi[sz]e\b"
+)
+# "I cannot be sure of the cause, but ..." hedges; "I cannot analyse images." refuses.
+REFUSAL_START = re.compile(
+    r"^\W*(?:i\s+(?:cannot|can't|can not|won't|am unable|am not able)|i'm\s+(?:unable|not able)"
+    r"|unfortunately,?\s+i\b)(?![^.!?]*\bbut\b)"
+)
+TERMINAL = ".!?"
+CLOSERS = "\"')]}”’»*"
+PAIRS = (("(", ")"), ("[", "]"), ("{", "}"), ("“", "”"))
+PAIRED = re.compile(r'[()\[\]{}“”"]')
+# Short answers ("Yes", "B") are complete without a full stop.
+MIN_WORDS_FOR_TRUNCATION = 4
+
+
+def is_refusal(lowered: str) -> bool:
+    if (
+        "sorry" in lowered or "as a" in lowered or "apologi" in lowered
+    ) and REFUSAL_ANYWHERE.search(lowered):
+        return True
+    return lowered.lstrip(" *\"'")[:1] in ("i", "u") and bool(REFUSAL_START.match(lowered))
+
+
+def truncation(text: str) -> str | None:
+    """Why an answer looks cut off, or None."""
+    stripped = text.rstrip()
+    if stripped.count(" ") < MIN_WORDS_FOR_TRUNCATION - 1:
+        return None
+    if stripped.rstrip(CLOSERS)[-1:] not in TERMINAL:
+        return f"ends mid-sentence ({stripped[-30:]!r})"
+    if PAIRED.search(stripped):
+        for opening, closing in PAIRS:
+            if stripped.count(opening) != stripped.count(closing):
+                return f"unbalanced {opening}{closing}"
+        if stripped.count('"') % 2:
+            return 'an unbalanced "'
+    return None
+
+
+# -- names of a category ------------------------------------------------------------------
+
+
+@dataclass
+class Vocabulary:
+    """The names of one (source, category): to search for as claims, and to blank out."""
+
+    defect_names: frozenset[str]  # humanised, lower case
+    release_names: frozenset[str]  # every category of the source
+    category_names: frozenset[str]  # lower case: "capsule", "metal nut", "a metal nut"
+    # Defect and category names that hold a grid word ("misplaced label top"), longest first.
+    grid_names: re.Pattern[str] | None
+
+
+def names_holding_grid_words(names: Iterable[str]) -> re.Pattern[str] | None:
+    holding = sorted({name for name in names if grid_words_in(name)}, key=len, reverse=True)
+    if not holding:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(name) for name in holding) + r")(?!\w)")
+
+
+def humanised_names(raw_names: Iterable[str]) -> set[str]:
+    names = {humanise(raw).lower() for raw in raw_names}
+    return {name for name in names if name not in UNNAMED}
+
+
+class HeavyHitters:
+    """Misra-Gries counts of answer hashes, in memory that does not grow with the records: every
+    answer added more than added/(capacity+1) times is kept, and its count is underestimated by
+    at most that much (exact while fewer than `capacity` distinct answers were seen)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.records = 0
+        self.counts: dict[int, int] = {}
+        #: key -> (record id, turn index) where the answer was first seen
+        self.first_record: dict[int, tuple[str, int]] = {}
+
+    def add(self, key: int, record_id: str, turn: int) -> None:
+        if key in self.counts:
+            self.counts[key] += 1
+        elif len(self.counts) < self.capacity:
+            self.counts[key] = 1
+            self.first_record[key] = (record_id, turn)
+        else:
+            for other in list(self.counts):
+                self.counts[other] -= 1
+                if not self.counts[other]:
+                    del self.counts[other], self.first_record[other]
+
+    def frequent(self, share: float) -> list[tuple[int, int]]:
+        """Answers in more than `share` of the records (by their lower-bound count)."""
+        return [(key, n) for key, n in self.counts.items() if n > share * self.records]
+
+
+@dataclass(slots=True)
+class _Answer:
+    index: int  # of the turn in the conversation
+    text: str
+    lowered: str
+
+
+@dataclass(slots=True)
+class _View:
+    """One record and what it is checked against."""
+
+    record: InstructionRecord
+    file: str
+    facts: SampleFacts | None
+    vocabulary: Vocabulary
+    anomaly: bool
+
+
+class GroundingValidator(Validator):
+    """Every claim of the gpt turns against the sample facts, and answer hygiene."""
+
+    name = "grounding"
+
+    def __init__(
+        self,
+        *,
+        boilerplate_share: float = 0.25,
+        boilerplate_min_records: int = 20,
+        boilerplate_capacity: int = 255,
+    ) -> None:
+        self.boilerplate_share = boilerplate_share
+        self.boilerplate_min_records = boilerplate_min_records
+        self.boilerplate_capacity = boilerplate_capacity
+        self.answers_by_family: dict[str, HeavyHitters] = {}
+        self.files_by_family: dict[str, Counter[str]] = {}
+        self._vocabularies: dict[tuple[str, str, tuple[str, ...]], Vocabulary] = {}
+        self._context_id: int | None = None
+
+    # -- per record ---------------------------------------------------------------------
+
+    def check(
+        self, record: InstructionRecord, file: str, context: FolderContext
+    ) -> Iterable[Finding]:
+        if id(context) != self._context_id:
+            self._context_id, self._vocabularies = id(context), {}
+        meta = record.metadata
+        facts = context.samples.get(meta.sample_id)
+        view = _View(
+            record=record,
+            file=file,
+            facts=facts,
+            vocabulary=self.vocabulary(context, meta.source, meta.category, facts),
+            anomaly=facts.label == "anomaly" if facts is not None else meta.anomaly,
+        )
+        answers = [
+            _Answer(index, turn.value, turn.value.lower())
+            for index, turn in enumerate(record.conversations)
+            if turn.speaker == "gpt"
+        ]
+        findings: list[Finding] = []
+        located = facts is not None and facts.has_mask and facts.region_count > 0
+        for answer in answers:
+            findings += self.hygiene(view, answer)
+            if facts is not None:
+                findings += self.claims(view, facts, located and bool(facts.grid_cells), answer)
+        if answers:
+            findings += self.label(view, answers[0])
+        self.count_answers(view, answers)
+        return findings
+
+    def vocabulary(
+        self, context: FolderContext, source: str, category: str, facts: SampleFacts | None
+    ) -> Vocabulary:
+        sample_names: tuple[str, ...] = ()
+        if facts is not None:
+            source, category, sample_names = facts.source, facts.category, facts.defect_types
+        # Keyed by the sample's own names too, in case the context lacks some of them.
+        key = (source, category, sample_names)
+        vocabulary = self._vocabularies.get(key)
+        if vocabulary is None:
+            raw = set(context.defect_names.get((source, category), ())) | set(sample_names)
+            release = set(raw)
+            for (other_source, _), names in context.defect_names.items():
+                if other_source == source:
+                    release |= names
+            categories = {category, humanise(category), category_name(category)}
+            categories = {name.lower() for name in categories | {object_phrase(category)}}
+            humanised = humanised_names(raw)
+            vocabulary = self._vocabularies[key] = Vocabulary(
+                defect_names=frozenset(humanised),
+                release_names=frozenset(humanised_names(release)),
+                category_names=frozenset(categories),
+                grid_names=names_holding_grid_words(
+                    {name.lower() for name in raw} | humanised | categories
+                ),
+            )
+        return vocabulary
+
+    def hygiene(self, view: _View, answer: _Answer) -> list[Finding]:
+        where = f"turn {answer.index}"
+        if not answer.text.strip():
+            return [self.at(view, "error", "empty_answer", f"{where} is empty")]
+        findings = []
+        if is_refusal(answer.lowered):
+            findings.append(
+                self.at(view, "error", "refusal", f"{where} refuses: {answer.text[:80]!r}")
+            )
+        reason = truncation(answer.text)
+        if reason:
+            findings.append(
+                self.at(view, "warning", "truncated_answer", f"{where} looks truncated: {reason}")
+            )
+        return findings
+
+    def label(self, view: _View, first: _Answer) -> list[Finding]:
+        """The first answer's yes/no (or its plain claim) against the sample's label."""
+        polarity = leading_polarity(first.lowered)
+        where = f"turn {first.index}"
+        if polarity is not None:
+            if (polarity == "yes") == view.anomaly:
+                return []
+            truth = "an anomalous" if view.anomaly else "a normal"
+            message = f"{where} answers {polarity!r} on {truth} image"
+        elif view.anomaly:
+            if not self.claims_normal(view, first.lowered):
+                return []
+            message = f"{where} says the object is normal on an anomalous image"
+        else:
+            stated = self.stated_defect(view, first.lowered)
+            if stated is None:
+                return []
+            message = f"{where} states a {stated!r} defect on a normal image"
+        return [self.at(view, "error", "label_contradiction", message)]
+
+    def claims_normal(self, view: _View, lowered: str) -> bool:
+        """Whether the text says the object is normal and says nothing of a defect."""
+        spans = normal_claims(lowered)
+        if not spans:
+            return False
+        rest = lowered
+        for start, end in spans:
+            rest = rest[:start] + " " * (end - start) + rest[end:]
+        if any(stem in rest for stem in FLAW_STEMS) or self.grid_words(view, rest):
+            return False  # "the rest of it looks normal" next to a stated defect
+        return not any(name in rest for name in view.vocabulary.defect_names)
+
+    def stated_defect(self, view: _View, lowered: str) -> str | None:
+        """A defect name of the category stated plainly ('with a crack defect'), if any."""
+        if "defect" not in lowered or any(negation in lowered for negation in NEGATIONS):
+            return None  # "no sign of a crack defect" is no claim
+        for stated, before in defect_slots(lowered):
+            if before in ARTICLES and name_known(stated, view.vocabulary.defect_names):
+                return stated
+        return None
+
+    def claims(
+        self, view: _View, facts: SampleFacts, located: bool, answer: _Answer
+    ) -> list[Finding]:
+        """Location words, region counts and defect names of one answer; `located`: the
+        sample has a mask with regions in grid cells, so that locations can be checked."""
+        lowered = answer.lowered
+        where = f"turn {answer.index}"
+        words = self.grid_words(view, lowered)
+        counts = count_claims(lowered) if "region" in lowered else []
+        findings = []
+        if view.anomaly and not located:
+            if words or counts:
+                stated = ", ".join([*dict.fromkeys(words), *(f"{n} region(s)" for n in counts)])
+                message = f"{where} states {stated} but the sample has no mask to support it"
+                findings.append(self.at(view, "error", "location_without_mask", message))
+        else:
+            # A normal image has no anomalous region, but its object may still have a "top".
+            wrong = [word for word in dict.fromkeys(words) if word not in facts.grid_cells]
+            if view.anomaly and wrong:
+                message = (
+                    f"{where} states {', '.join(wrong)}; the mask's grid cells are "
+                    f"{', '.join(facts.grid_cells)}"
+                )
+                findings.append(self.at(view, "error", "location_mismatch", message))
+            expected = facts.region_count if view.anomaly else 0
+            for count in dict.fromkeys(counts):
+                if count != expected:
+                    message = f"{where} states {count} region(s); the mask has {expected}"
+                    findings.append(self.at(view, "error", "count_mismatch", message))
+        if view.anomaly and ("defect" in lowered or "abnormalit" in lowered):
+            findings += self.defect_names(view, answer)
+        return findings
+
+    def defect_names(self, view: _View, answer: _Answer) -> list[Finding]:
+        vocabulary = view.vocabulary
+        findings = []
+        meta = view.record.metadata
+        for stated, before in defect_slots(answer.lowered):
+            if (
+                before not in ARTICLES
+                or not stated
+                or stated in vocabulary.category_names  # "a capsule defect" names no defect
+                or name_known(stated, vocabulary.defect_names)
+            ):
+                continue
+            if name_known(stated, vocabulary.release_names):
+                severity: Severity = "error"
+                what = "a defect of another category of the release"
+            elif vocabulary.defect_names:
+                severity, what = "warning", "not a defect name of the release"
+            else:
+                continue  # the release names no defects here: nothing to compare with
+            message = (
+                f"turn {answer.index} names {stated!r}, {what}; {meta.source}/{meta.category} "
+                f"has {sorted(vocabulary.defect_names)}"
+            )
+            findings.append(self.at(view, severity, "unknown_defect_name", message))
+        return findings
+
+    @staticmethod
+    def grid_words(view: _View, lowered: str) -> list[str]:
+        """Grid words of a lower-cased text once names holding one are blanked: the defect
+        'misplaced label top' states no location."""
+        window = grid_window(lowered)
+        if window is None:
+            return []
+        pattern = view.vocabulary.grid_names
+        if pattern is not None:
+            lowered = pattern.sub(BLANK, lowered)
+            window = grid_window(lowered)
+            if window is None:
+                return []
+        return grid_words_in(lowered[window[0] : window[1]])
+
+    # -- across records -----------------------------------------------------------------
+
+    def count_answers(self, view: _View, answers: list[_Answer]) -> None:
+        family = view.record.metadata.task_family
+        hitters = self.answers_by_family.get(family)
+        if hitters is None:
+            hitters = self.answers_by_family[family] = HeavyHitters(self.boilerplate_capacity)
+            self.files_by_family[family] = Counter()
+        self.files_by_family[family][view.file] += 1
+        hitters.records += 1
+        # One vote per distinct answer of a record, so that a share is a share of records. The
+        # hash is Python's own: counts live for one run, and a 64-bit hash costs no text.
+        distinct = {
+            hash(answer.lowered.strip()): answer.index
+            for answer in reversed(answers)  # the first turn of a repeated answer wins
+            if answer.lowered.strip()
+        }
+        for key, turn in distinct.items():
+            hitters.add(key, view.record.id, turn)
+
+    def finish(self, context: FolderContext) -> Iterable[Finding]:
+        findings = []
+        for family, hitters in sorted(self.answers_by_family.items()):
+            if hitters.records < self.boilerplate_min_records:
+                continue
+            file = self.files_by_family[family].most_common(1)[0][0]
+            frequent = hitters.frequent(self.boilerplate_share)
+            for key, count in sorted(frequent, key=lambda item: -item[1]):
+                first, turn = hitters.first_record[key]
+                share = count / hitters.records
+                findings.append(
+                    self.finding(
+                        "warning",
+                        "repeated_boilerplate",
+                        f"the answer of turn {turn} of record {first} appears in at least "
+                        f"{count} of {hitters.records} {family} records ({share:.0%}, "
+                        f"more than {self.boilerplate_share:.0%})",
+                        file=file,
+                        record_id=first,
+                    )
+                )
+        return findings
+
+    def at(self, view: _View, severity: Severity, code: str, message: str) -> Finding:
+        return self.finding(severity, code, message, file=view.file, record_id=view.record.id)
