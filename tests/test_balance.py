@@ -7,36 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from built_folders import build_demo_folder, validate_records
 
-from adinstruct.builder.demo import generate_demo_tree
-from adinstruct.builder.instruct import INSTRUCT_FILE, InstructConfig
-from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
-from adinstruct.schemas import InstructionRecord
+from adinstruct.builder.instruct import INSTRUCT_FILE
 from adinstruct.validators.balance import BalanceValidator
-from adinstruct.validators.base import Finding, FolderContext
-
-
-def validate(root: Path, validator: BalanceValidator) -> list[Finding]:
-    # Balance reads only the records and the manifest: no sample facts needed.
-    context = FolderContext(root=root)
-    findings: list[Finding] = []
-    for raw in json.loads((root / INSTRUCT_FILE).read_text(encoding="utf-8")):
-        findings += validator.check(InstructionRecord.model_validate(raw), INSTRUCT_FILE, context)
-    return findings + list(validator.finish(context))
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate_demo_tree(out / "source" / "demo", seed=0)
-    config = BuildConfig(
-        sources=[SourceSpec(name="demo", root=out / "source" / "demo")],
-        out=out,
-        workers=1,
-        instruct=InstructConfig(),
-    )
-    build(config)
-    return out
+    return build_demo_folder(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture
@@ -54,7 +33,7 @@ def keep_records(root: Path, keep) -> None:
 
 def test_counts_match_the_manifest_and_the_only_warning_is_the_scarce_localisation(demo):
     validator = BalanceValidator()
-    findings = validate(demo, validator)
+    findings = validate_records(demo, validator)
     manifest = json.loads((demo / "manifest.json").read_text(encoding="utf-8"))
     compose = manifest["stages"]["compose"]
     summary = validator.summary()
@@ -79,7 +58,7 @@ def test_family_targets_come_from_the_manifest_recipe(folder):
     weights = {"detection": 1.0, "description": 1.0, "localisation": 0.0, "reasoning": 1.0}
     manifest["config"]["instruct"]["compose"]["config"]["families"] = weights
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    findings = validate(folder, BalanceValidator())
+    findings = validate_records(folder, BalanceValidator())
     # 40/35/11/34 of 120 against a third each and none: every share within 10 points.
     assert findings == []
 
@@ -87,7 +66,7 @@ def test_family_targets_come_from_the_manifest_recipe(folder):
 def test_without_a_manifest_every_family_gets_an_equal_share(folder):
     (folder / "manifest.json").unlink()
     keep_records(folder, lambda record: record["metadata"]["task_family"] != "reasoning")
-    findings = validate(folder, BalanceValidator())
+    findings = validate_records(folder, BalanceValidator())
     shares = {f.message.split()[2]: f.message for f in findings if f.code == "family_share"}
     # 40, 35, 11 and 0 of 86 records: each more than 10 points from 25%.
     assert set(shares) == {"description", "detection", "localisation", "reasoning"}
@@ -102,7 +81,7 @@ def test_a_scarce_label_and_small_categories_are_warned(folder):
         )
 
     keep_records(folder, keep)  # 48 anomalous records, 5 normal; grid keeps 17, the others 12
-    findings = validate(folder, BalanceValidator(min_category_records=15))
+    findings = validate_records(folder, BalanceValidator(min_category_records=15))
     assert {f.severity for f in findings} == {"warning"}
     [label] = [f for f in findings if f.code == "label_share"]
     assert "5 of 53 records (9%) are normal" in label.message
@@ -116,7 +95,7 @@ def test_configured_source_and_family_targets_replace_the_defaults(folder):
         source_targets={"demo": 0.5, "visa": 0.5},
         tolerance=0.2,
     )
-    findings = validate(folder, validator)
+    findings = validate_records(folder, validator)
     assert sorted((f.code, f.message.split()[1]) for f in findings) == [
         ("source_share", "demo"),
         ("source_share", "visa"),

@@ -11,65 +11,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from built_folders import build_demo_folder, validate_records
 
-from adinstruct.builder.demo import generate_demo_tree
 from adinstruct.builder.describe.template import GRID_PATTERN, grid_words_in
-from adinstruct.builder.instruct import INSTRUCT_FILE, InstructConfig
-from adinstruct.builder.io import read_samples
-from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
+from adinstruct.builder.instruct import INSTRUCT_FILE
 from adinstruct.schemas import InstructionRecord
 from adinstruct.validators.base import Finding, FolderContext, SampleFacts
+from adinstruct.validators.folder import load_context
 from adinstruct.validators.grounding import GroundingValidator
-
-
-def folder_context(root: Path) -> FolderContext:
-    """The sample facts of samples.jsonl, as the runner builds them."""
-    context = FolderContext(root=root)
-    for sample in read_samples(root / "samples.jsonl"):
-        annotation = sample.annotation
-        context.samples[sample.id] = SampleFacts(
-            sample_id=sample.id,
-            source=sample.source,
-            category=sample.category,
-            split=sample.split,
-            label=sample.label,
-            defect_types=tuple(sample.defect_types),
-            has_mask=bool(sample.masks),
-            grid_cells=tuple(annotation.grid_cells) if annotation else (),
-            region_count=annotation.region_count if annotation else 0,
-            image=f"{sample.source}/{sample.image_paths[0]}",
-        )
-        names = context.defect_names.setdefault((sample.source, sample.category), set())
-        names.update(sample.defect_types)
-    return context
-
-
-def validate(root: Path, *validators) -> list[Finding]:
-    context = folder_context(root)
-    findings: list[Finding] = []
-    for path in sorted((root / "instruct").glob("*.json")):
-        file = path.relative_to(root).as_posix()
-        for raw in json.loads(path.read_text(encoding="utf-8")):
-            record = InstructionRecord.model_validate(raw)
-            for validator in validators:
-                findings += validator.check(record, file, context)
-    for validator in validators:
-        findings += validator.finish(context)
-    return findings
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate_demo_tree(out / "source" / "demo", seed=0)
-    config = BuildConfig(
-        sources=[SourceSpec(name="demo", root=out / "source" / "demo")],
-        out=out,
-        workers=1,
-        instruct=InstructConfig(),
-    )
-    build(config)
-    return out
+    return build_demo_folder(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture
@@ -110,7 +64,7 @@ def plant(folder: Path, change) -> set[str]:
 
 
 def test_the_clean_demo_folder_has_no_grounding_finding(demo):
-    assert validate(demo, GroundingValidator()) == []
+    assert validate_records(demo, GroundingValidator()) == []
 
 
 def test_a_flipped_yes_or_no_is_a_label_contradiction(folder):
@@ -123,7 +77,7 @@ def test_a_flipped_yes_or_no_is_a_label_contradiction(folder):
         return False
 
     planted = plant(folder, flip)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "label_contradiction") == planted
     assert {finding.code for finding in errors(findings)} == {"label_contradiction"}
 
@@ -136,7 +90,7 @@ OPPOSITE = {
 
 
 def test_a_location_moved_to_the_opposite_corner_is_a_location_mismatch(folder):
-    cells = {facts.sample_id: facts.grid_cells for facts in folder_context(folder).samples.values()}
+    cells = {facts.sample_id: facts.grid_cells for facts in load_context(folder).samples.values()}
 
     def move(record):
         allowed = cells[record["metadata"]["sample_id"]]
@@ -152,7 +106,7 @@ def test_a_location_moved_to_the_opposite_corner_is_a_location_mismatch(folder):
         return moved
 
     planted = plant(folder, move)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "location_mismatch") == planted
     assert {finding.code for finding in errors(findings)} == {"location_mismatch"}
 
@@ -167,7 +121,7 @@ def test_a_wrong_region_count_is_a_count_mismatch(folder):
         return changed
 
     planted = plant(folder, recount)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "count_mismatch") == planted
     assert all("states 3 region(s); the mask has 1" in f.message for f in errors(findings))
 
@@ -184,7 +138,7 @@ def test_a_defect_name_of_another_category_is_unknown(folder):
         return changed
 
     planted = plant(folder, rename)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "unknown_defect_name") == planted
     assert {finding.severity for finding in findings} == {"error"}
 
@@ -207,7 +161,7 @@ def test_locations_of_an_anomaly_without_mask_are_unsupported(folder):
         and any(grid_words_in(turn["value"]) for turn in answers(record))
     }
     assert located
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "location_without_mask") == located
     assert {finding.code for finding in errors(findings)} == {"location_without_mask"}
 
@@ -227,7 +181,7 @@ def test_refusals_are_errors(folder):
         return True
 
     planted = plant(folder, refuse)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "refusal") == planted
 
 
@@ -241,7 +195,7 @@ def test_answers_cut_mid_sentence_or_with_an_open_bracket_are_truncated(folder):
         return True
 
     planted = plant(folder, cut)
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     assert flagged(findings, "truncated_answer") == planted
     assert errors(findings) == []  # truncation is a warning, and cutting claimed nothing
 
@@ -255,13 +209,13 @@ def test_one_answer_in_most_records_of_a_family_is_boilerplate(folder):
 
     planted = plant(folder, stamp)
     detection = sum(r["metadata"]["task_family"] == "detection" for r in records(folder))
-    findings = validate(folder, GroundingValidator())
+    findings = validate_records(folder, GroundingValidator())
     [finding] = findings
     assert finding.code == "repeated_boilerplate" and finding.severity == "warning"
     assert finding.record_id in planted
     assert f"at least {len(planted)} of {detection} detection records" in finding.message
     # Below the share, or with too few records, nothing is reported.
-    assert validate(folder, GroundingValidator(boilerplate_share=0.9)) == []
+    assert validate_records(folder, GroundingValidator(boilerplate_share=0.9)) == []
 
 
 # -- freer (LLM-style) text, on hand-made records ---------------------------------------

@@ -14,14 +14,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from built_folders import build_demo_folder, validate_records
 from PIL import Image
 
-from adinstruct.builder.demo import generate_demo_tree
-from adinstruct.builder.instruct import InstructConfig
-from adinstruct.builder.io import read_samples
-from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, SampleFacts
+from adinstruct.validators.base import Finding
 from adinstruct.validators.leakage import (
     PHASH_RADIUS,
     HashIndex,
@@ -32,54 +28,9 @@ from adinstruct.validators.leakage import (
 from adinstruct.validators.zero_shot import ZeroShotValidator
 
 
-def folder_context(root: Path) -> FolderContext:
-    """The sample facts of samples.jsonl, as the runner builds them."""
-    context = FolderContext(root=root)
-    for sample in read_samples(root / "samples.jsonl"):
-        annotation = sample.annotation
-        context.samples[sample.id] = SampleFacts(
-            sample_id=sample.id,
-            source=sample.source,
-            category=sample.category,
-            split=sample.split,
-            label=sample.label,
-            defect_types=tuple(sample.defect_types),
-            has_mask=bool(sample.masks),
-            grid_cells=tuple(annotation.grid_cells) if annotation else (),
-            region_count=annotation.region_count if annotation else 0,
-            image=f"{sample.source}/{sample.image_paths[0]}",
-        )
-        names = context.defect_names.setdefault((sample.source, sample.category), set())
-        names.update(sample.defect_types)
-    return context
-
-
-def validate(root: Path, *validators) -> list[Finding]:
-    context = folder_context(root)
-    findings: list[Finding] = []
-    for path in sorted((root / "instruct").glob("*.json")):
-        file = path.relative_to(root).as_posix()
-        for raw in json.loads(path.read_text(encoding="utf-8")):
-            record = InstructionRecord.model_validate(raw)
-            for validator in validators:
-                findings += validator.check(record, file, context)
-    for validator in validators:
-        findings += validator.finish(context)
-    return findings
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate_demo_tree(out / "source" / "demo", seed=0)
-    config = BuildConfig(
-        sources=[SourceSpec(name="demo", root=out / "source" / "demo")],
-        out=out,
-        workers=1,
-        instruct=InstructConfig(),
-    )
-    build(config)
-    return out
+    return build_demo_folder(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture
@@ -164,7 +115,7 @@ def test_the_hash_index_finds_exactly_the_hashes_within_its_radius():
 
 def test_the_clean_demo_folder_has_no_leak(demo):
     leakage = LeakageValidator()
-    assert validate(demo, leakage, ZeroShotValidator()) == []
+    assert validate_records(demo, leakage, ZeroShotValidator()) == []
     # Train/test pairs within the pHash radius exist, and the thumbnails reject all of them.
     assert leakage.stats == {
         "images_hashed": 60,
@@ -193,7 +144,7 @@ def test_benchmark_copies_and_re_encodes_of_training_images_are_caught(folder):
     write_benchmark(folder, "mmad.json", {"demo/capsule/test/crack/001.png": {"conversation": []}})
 
     leakage = LeakageValidator()
-    findings = by_code(validate(folder, leakage))
+    findings = by_code(validate_records(folder, leakage))
     assert set(findings) == {"benchmark_image_in_training", "benchmark_near_duplicate_in_training"}
     exact = {listed(f): f for f in findings["benchmark_image_in_training"]}
     near = {listed(f): f for f in findings["benchmark_near_duplicate_in_training"]}
@@ -221,7 +172,7 @@ def listed(finding: Finding) -> str:
 def test_a_benchmark_file_that_is_not_json_is_reported_and_the_rest_still_checked(folder):
     (folder / "benchmark").mkdir()
     (folder / "benchmark" / "test_data.json").write_text("[{", encoding="utf-8")
-    findings = validate(folder, LeakageValidator(), ZeroShotValidator())
+    findings = validate_records(folder, LeakageValidator(), ZeroShotValidator())
     assert [(f.code, f.severity) for f in findings] == [("benchmark_unreadable", "warning")]
 
 
@@ -235,7 +186,7 @@ def test_test_images_equal_or_re_encoded_from_train_images_are_split_leaks(folde
     with Image.open(io.BytesIO(jpeg(images / "train/good/004.png", 90))) as decoded:
         decoded.save(images / "test/good/001.png")
 
-    findings = by_code(validate(folder, LeakageValidator()))
+    findings = by_code(validate_records(folder, LeakageValidator()))
     assert set(findings) == {"split_leak_exact", "split_leak_near"}
     [exact] = findings["split_leak_exact"]
     [near] = findings["split_leak_near"]
@@ -249,13 +200,13 @@ def test_files_are_hashed_from_disk_not_from_samples_jsonl(folder):
     """The stored sha256 and pHash still describe the original image: they are not read."""
     images = folder / "images" / "demo" / "washer"
     (images / "test/good/002.png").write_bytes((images / "train/good/000.png").read_bytes())
-    findings = validate(folder, LeakageValidator())
+    findings = validate_records(folder, LeakageValidator())
     assert [f.code for f in findings] == ["split_leak_exact"]
 
 
 def test_unreadable_images_are_noted_once(folder):
     (folder / "images" / "demo" / "grid" / "test" / "good" / "000.png").write_bytes(b"not a png")
-    findings = validate(folder, LeakageValidator())
+    findings = validate_records(folder, LeakageValidator())
     assert [(f.code, f.severity) for f in findings] == [("leakage_unchecked", "warning")]
     assert "demo/grid/test/good/000.png" in findings[0].message
 
@@ -280,7 +231,7 @@ def test_unreadable_images_are_noted_once(folder):
 )
 def test_benchmark_sources_and_categories_must_be_unseen_in_training(folder, image, expected):
     write_benchmark(folder, "test_data.json", [{"image": image, "anomaly": False}])
-    findings = validate(folder, ZeroShotValidator())
+    findings = validate_records(folder, ZeroShotValidator())
     assert {f.code for f in findings} == expected
     assert all(f.severity == "error" for f in findings)
     if "benchmark_source_in_training" in expected:

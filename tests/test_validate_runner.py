@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from built_folders import build_demo_folder
 
-from adinstruct.builder.demo import generate_demo_tree
 from adinstruct.builder.errors import ConfigError
-from adinstruct.builder.instruct import INSTRUCT_FILE, InstructConfig
-from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
+from adinstruct.builder.instruct import INSTRUCT_FILE
 from adinstruct.builder.progress import Progress
 from adinstruct.validators.folder import FolderError, JsonStream, JsonSyntaxError, list_items
 from adinstruct.validators.registry import (
@@ -37,13 +36,7 @@ MINE = ["schema", "integrity", "conversation"]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("demo")
-    generate_demo_tree(base / "release", seed=0, image_size=64)
-    out = base / "built"
-    build(BuildConfig(
-        sources=[SourceSpec(name="demo", root=base / "release")], out=out, workers=1,
-        instruct=InstructConfig(),
-    ))  # fmt: skip
-    return out
+    return build_demo_folder(base / "built", release=base / "release", image_size=64)
 
 
 @pytest.fixture
