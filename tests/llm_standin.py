@@ -176,6 +176,8 @@ class StandinServer:
         self.record_bodies = record_bodies
         self.requests: list[Recorded] = []
         self.batch_creations = 0
+        #: Requests whose body never fully arrived (the client was killed while sending).
+        self.abandoned = 0
         #: The most chat requests it was answering at the same moment.
         self.most_concurrent = 0
         self._concurrent = 0
@@ -439,9 +441,11 @@ def _handler_for(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 self._reply(200, server.create_file(filename or "upload", content, purpose))
                 return
             if len(payload) < int(self.headers.get("Content-Length") or 0):
-                # The client went away mid-request (a test killed it): nothing to answer.
-                # Answering an empty body here once made a kill test see a phantom request.
-                server._record(Recorded("POST", path, auth, None, 0))
+                # The client went away mid-request (a test killed it): nothing to answer, and
+                # nothing to record as a request. Answering the empty body here once made a
+                # kill test see a phantom request.
+                with server._lock:
+                    server.abandoned += 1
                 self.close_connection = True
                 return
             body = json.loads(payload or b"{}")
