@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+);base64,(?P<payload>.+)$", re.DOTALL)
 
@@ -27,7 +27,11 @@ class ResponseSchema(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen because the cache key is computed once and kept: the describer and the engine
+    # both need it, and hashing the base64 images twice per request is wasted work.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _cache_key: str | None = PrivateAttr(default=None)
 
     #: Who asked (a sample id, or "prompts/<category>" for detector prompts); not in the key.
     request_id: str
@@ -42,6 +46,16 @@ class ChatRequest(BaseModel):
 
     def cache_key(self) -> str:
         """sha256 over everything that shapes the answer, with each image by its content hash."""
+        if self._cache_key is None:
+            self._cache_key = self._compute_cache_key()
+        return self._cache_key
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
+        copy = super().model_copy(update=update, deep=deep)
+        copy._cache_key = None  # a copy with other fields must not inherit this request's key
+        return copy
+
+    def _compute_cache_key(self) -> str:
         shaped = {
             "model": self.model,
             "messages": _hash_images(self.messages),
