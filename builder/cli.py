@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+QUARANTINE_NAME = "quarantine.jsonl"
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Workers = Annotated[
     int | None,
@@ -72,8 +73,19 @@ def summary(manifest, out: Path) -> str:
             f"  {source.name}: {counts.total} samples ({labels or 'none'}), "
             f"{counts.quarantined} quarantined, licence {source.license}"
         )
+    held_out = (manifest.config.get("instruct") or {}).get("held_out") or []
+    if held_out:
+        lines.append(f"  held out of training: {', '.join(held_out)}")
     for output in manifest.outputs:
         lines.append(f"  {output.path}: {output.records} records")
+    if manifest.validation is not None:
+        validation = manifest.validation
+        lines.append(
+            f"  validation: {validation['error_count']} errors, "
+            f"{validation['warning_count']} warnings; {validation['quarantined_records']} "
+            f"records moved to {QUARANTINE_NAME}; {validation['errors_remaining']} errors "
+            "remain (validation.json)"
+        )
     return "\n".join(lines)
 
 
@@ -112,8 +124,18 @@ def build(
     workers: Workers = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     recipe: Annotated[
-        str | None,
-        typer.Option(help="anomaly-instruct: describe every sample and compose training records."),
+        list[str] | None,
+        typer.Option(
+            help="anomaly-instruct: training records in instruct/; visa-dr: the benchmark in "
+            "benchmark/ from the held-out sources' test splits (repeatable: both at once)."
+        ),
+    ] = None,
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Source kept out of training, benchmarked by visa-dr (repeatable; default: "
+            "visa when it is given; 'none' to train on every source)."
+        ),
     ] = None,
     describer: Annotated[
         str | None,
@@ -168,7 +190,8 @@ def build(
         workers=workers,
         seed=seed,
         dry_run=dry_run,
-        instruct=instruct_config(recipe, describer, model, images, llm),
+        images=images,
+        instruct=instruct_config(recipe, describer, model, llm, holdout),
     )
     if dry_run:
         typer.echo(run_estimate(config, quiet).summary())
@@ -184,25 +207,34 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic sample.")] = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Generate a small synthetic release and run every stage on it, offline."""
-    from adinstruct.builder.demo import generate_demo_tree, is_generated_tree
-    from adinstruct.builder.instruct import instruct_config
+    """Generate two small synthetic releases and run every stage on them, offline.
+
+    `demo` is trained on (anomaly-instruct); `demo_holdout`, whose categories training never
+    sees, is held out and benchmarked (visa-dr), as Anomaly-OV holds VisA out.
+    """
+    from adinstruct.builder.demo import generate_demo_tree, generate_holdout_tree, is_generated_tree
+    from adinstruct.builder.instruct import RECIPES, instruct_config
     from adinstruct.builder.pipeline import BuildConfig, SourceSpec
 
-    source_root = out / "source" / "demo"
-    if is_generated_tree(source_root):
-        # A second demo into the same folder replaces the synthetic tree the first one wrote;
-        # anything else found there is left alone (generate_demo_tree refuses to mix).
-        shutil.rmtree(source_root)
-    tree = generate_demo_tree(source_root, seed=seed)
-    say(f"generated {tree.total} synthetic images (MVTec AD layout, CC0) in {source_root}", quiet)
+    trees = {"demo": generate_demo_tree, "demo_holdout": generate_holdout_tree}
+    specs = []
+    for name, generate in trees.items():
+        source_root = out / "source" / name
+        if is_generated_tree(source_root):
+            # A second demo into the same folder replaces the synthetic trees the first one
+            # wrote; anything else found there is left alone (the generator refuses to mix).
+            shutil.rmtree(source_root)
+        tree = generate(source_root, seed=seed)
+        say(f"generated {tree.total} synthetic images (MVTec AD layout, CC0) in {source_root}",
+            quiet)  # fmt: skip
+        specs.append(SourceSpec(name=name, root=source_root))
     config = BuildConfig(
-        sources=[SourceSpec(name="demo", root=source_root)],
+        sources=specs,
         out=out,
         workers=workers,
         seed=seed,
         # Offline by design: the template describer, whatever key the environment holds.
-        instruct=instruct_config("anomaly-instruct", "template", None, "copy"),
+        instruct=instruct_config(list(RECIPES), "template", None, holdout=["demo_holdout"]),
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)

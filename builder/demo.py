@@ -1,12 +1,13 @@
 """Synthetic anomaly-detection releases in the exact MVTec AD layout, drawn from code and a seed.
 
 `generate_demo_tree` writes the small built-in sample that `build-dataset demo` builds;
-`generate_mvtec_tree` writes the same kind of tree at benchmark scale. Each image is drawn
-from its own random stream (seed, category, folder, index), so a tree is byte-identical for
-a seed whatever the number of workers (on one NumPy and Pillow build: their vectorised float
-routines may round differently on other CPUs). Every defect is drawn through its mask: the mask is
-decided first (one 8-connected region) and only its pixels are altered, so the reported
-pixel count and bounding box are exactly what an annotator should find.
+`generate_holdout_tree` writes a sample of the same shape from categories the demo never shows
+(for zero-shot tests); `generate_mvtec_tree` writes the same kind of tree at benchmark scale.
+Each image is drawn from its own random stream (seed, category, folder, index), so a tree is
+byte-identical for a seed whatever the number of workers (on one NumPy and Pillow build: their
+vectorised float routines may round differently on other CPUs). Every defect is drawn through its
+mask: the mask is decided first (one 8-connected region) and only its pixels are altered, so the
+reported pixel count and bounding box are exactly what an annotator should find.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(low, high))
 
 
+Point = tuple[float, float]  # (x, y) in pixels
+
+
 def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column coordinates as broadcastable float32 vectors (no full meshgrid)."""
     coords = np.arange(size, dtype=np.float32)
@@ -164,7 +168,15 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     PIL's resize runs on one thread. A matrix-product version is faster alone but goes
     through multithreaded BLAS, whose spinning threads starve a pool of image writers.
     """
-    coarse = rng.uniform(-1.0, 1.0, size=(cells, cells)).astype(np.float32)
+    return streaked_noise(rng, size, cells_down=cells, cells_across=cells)
+
+
+def streaked_noise(
+    rng: np.random.Generator, size: int, cells_down: int, cells_across: int
+) -> np.ndarray:
+    """Smooth noise with its own cell count each way: fewer cells down than across stretches
+    its features into vertical streaks (wood fibres, the wobble of growth rings)."""
+    coarse = rng.uniform(-1.0, 1.0, size=(cells_down, cells_across)).astype(np.float32)
     upsampled = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(upsampled, dtype=np.float32)
 
@@ -266,6 +278,74 @@ def render_capsule(rng: np.random.Generator, size: int) -> Scene:
     return Scene(pixels=pixels, backdrop=backdrop, material=material, surface=material > 0.5)
 
 
+def hexagon_distance(
+    rows: np.ndarray, cols: np.ndarray, centre: Point, apothem: float, rotation: float
+) -> np.ndarray:
+    """Signed distance (positive inside) to a regular hexagon with the given inradius.
+
+    Exact inside; outside it is the distance to the nearest edge's line, which beyond a corner
+    is a little short of the true distance: soft edges and shadows cannot tell.
+    """
+    x, y = cols - centre[0], rows - centre[1]
+    farthest = np.zeros(np.broadcast_shapes(x.shape, y.shape), dtype=np.float32)
+    for side in range(3):  # opposite sides share a normal, so |projection| covers both
+        angle = rotation + side * math.pi / 3
+        np.maximum(farthest, np.abs(x * math.cos(angle) + y * math.sin(angle)), out=farthest)
+    return apothem - farthest
+
+
+def render_nut(rng: np.random.Generator, size: int) -> Scene:
+    """A yellow-zinc hex nut seen from above on black velvet, lit from a random side.
+
+    Its flat top face is turned down to a circle at the corners (the chamfer), and the bore
+    shows a countersink, the thread's ridges and, through the middle, the shadowed backdrop.
+    """
+    rows, cols = pixel_grid(size)
+    centre = (size * (0.5 + uniform(rng, -0.04, 0.04)), size * (0.5 + uniform(rng, -0.04, 0.04)))
+    apothem = size * 0.27 * uniform(rng, 0.97, 1.03)  # half the width across flats
+    rotation = uniform(rng, 0, math.pi / 3)
+    face_radius = apothem * 0.96  # the chamfer starts just inside the flats
+    bore_radius = apothem * 0.36  # the thread's crests: what one sees through
+    thread_radius = apothem * 0.5  # its roots
+    countersink_radius = apothem * 0.58
+    radius = np.hypot(rows - centre[1], cols - centre[0])
+    outline = hexagon_distance(rows, cols, centre, apothem, rotation)
+    material = soft_edge(outline) * soft_edge(radius - bore_radius)
+
+    offset = size * 0.02
+    shadow_centre = (centre[0] + offset, centre[1] + offset)
+    shadow_outline = hexagon_distance(rows, cols, shadow_centre, apothem, rotation)
+    shadow = drop_shadow(-shadow_outline, softness=size * 0.05)
+    backdrop = plain_background(rng, size, (34, 33, 40), shadow)
+
+    light_angle = uniform(rng, 0, 2 * math.pi)
+    toward_light = (cols - centre[0]) * math.cos(light_angle) + (rows - centre[1]) * math.sin(
+        light_angle
+    )
+    facing_light = toward_light / np.maximum(radius, 1.0)  # cos(angle to the light), as above
+    # The flat face brightens toward the lamp and has the faint mottling of plating. The
+    # chamfer and countersink are cones: they catch the light where their slope faces it, the
+    # chamfer on the lamp's side and the countersink (sloping inward) on the far side.
+    plating = 1.0 + 0.04 * smooth_noise(rng, size, 20)
+    shade = (0.8 + 0.12 * toward_light / apothem) * plating
+    chamfer = 0.58 + 0.38 * facing_light
+    shade += (chamfer - shade) * soft_edge(radius - face_radius)
+    countersink = 0.55 - 0.3 * facing_light
+    shade += (countersink - shade) * soft_edge(countersink_radius - radius)
+    # Inside the bore, the thread's flanks as rings, three to the wall's width; ridges finer
+    # than about three pixels would alias, so they fade out at small image sizes.
+    pitch = (thread_radius - bore_radius) / 3
+    ridge_contrast = 0.14 * min(1.0, max(0.0, (pitch - 2.0) / 1.5))
+    thread = 0.32 - 0.14 * facing_light + ridge_contrast * np.sin(radius * (2 * np.pi / pitch))
+    shade += (thread - shade) * soft_edge(thread_radius - radius)
+    metal = shade[..., None] * np.asarray((206, 176, 104), dtype=np.float32)
+
+    pixels = backdrop + (metal - backdrop) * material[..., None]
+    # Scratches lie on the top face and chamfer, not down in the thread.
+    surface = (material > 0.5) & (radius > countersink_radius)
+    return Scene(pixels=pixels, backdrop=backdrop, material=material, surface=surface)
+
+
 def rotated_texture_coordinates(
     rng: np.random.Generator, size: int, max_degrees: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,11 +404,43 @@ def render_grid(rng: np.random.Generator, size: int) -> Scene:
     return Scene(pixels=pixels, backdrop=backdrop, material=material, surface=everywhere)
 
 
+def render_wood(rng: np.random.Generator, size: int) -> Scene:
+    """A flat-sawn oak board filling the frame, its grain running down the image.
+
+    The saw cut the tree's growth rings at a shallow angle, so they show as long stripes
+    and arches. Each ring is pale earlywood darkening into latewood, then an abrupt step to
+    the next spring's pale wood; the rings wobble where the tree grew unevenly, and fine
+    fibre streaks run along the grain.
+    """
+    rows, cols = pixel_grid(size)
+    # Distance from the pith with the grain direction squeezed: rings around a pith near the
+    # frame are arches pointing down or up the board, around a distant one they are stripes.
+    pith_x, pith_y = size * uniform(rng, -0.8, 1.8), size * uniform(rng, -1.0, 2.0)
+    squeeze = uniform(rng, 0.04, 0.1)
+    ring_width = size / 13 * uniform(rng, 0.85, 1.15)
+    wobble = streaked_noise(rng, size, cells_down=3, cells_across=5)
+    distance = np.hypot(cols - pith_x, (rows - pith_y) * squeeze) + wobble * (0.9 * ring_width)
+    years = distance / ring_width
+    season = years - np.floor(years)  # 0 in spring's earlywood .. 1 at the year's end
+    # The step back to pale wood is softened over about one pixel, like every edge here.
+    latewood = season**3 * np.clip((1.0 - season) * ring_width, 0.0, 1.0)
+
+    earlywood_colour = np.asarray((212, 168, 116), np.float32) * uniform(rng, 0.94, 1.06)
+    latewood_colour = np.asarray((146, 96, 56), np.float32) * uniform(rng, 0.94, 1.06)
+    fibres = streaked_noise(rng, size, cells_down=4, cells_across=max(8, size // 3))
+    figure = smooth_noise(rng, size, 4)  # the board's broad, uneven colour
+    shade = (1.0 + 0.05 * fibres) * (1.0 + 0.05 * figure)
+    pixels = earlywood_colour + latewood[..., None] * (latewood_colour - earlywood_colour)
+    pixels *= shade[..., None]
+    # Through a hole in the board: the dark, shadowed bench it lies on.
+    behind = np.asarray((30, 22, 16), np.float32).reshape(1, 1, 3)
+    everywhere = np.ones((size, size), dtype=np.float32)
+    return Scene(pixels=pixels, backdrop=behind, material=everywhere, surface=everywhere > 0)
+
+
 # --------------------------------------------------------------------------------------
 # Mask shapes, drawn with PIL on a binary canvas
 # --------------------------------------------------------------------------------------
-
-Point = tuple[float, float]  # (x, y)
 
 
 def draw_on_canvas(size: int, draw: Callable[[ImageDraw.ImageDraw], None]) -> np.ndarray:
@@ -520,14 +632,22 @@ class CategorySpec:
     defects: tuple[str, str]
 
 
-#: The built-in categories. Order matters: `generate_mvtec_tree(categories=2)` takes an object
-#: and a texture. `grid` is single-channel, like MVTec's own grid.
+#: The built-in categories. Order matters and new ones go at the end: a category's index is part
+#: of each image's random stream, and `generate_mvtec_tree(categories=2)` takes the first two,
+#: an object and a texture. `grid` is single-channel, like MVTec's own grid.
 CATALOGUE: tuple[CategorySpec, ...] = (
     CategorySpec("washer", "object", "RGB", render_washer, ("scratch", "missing_piece")),
     CategorySpec("fabric", "texture", "RGB", render_fabric, ("hole", "thread")),
     CategorySpec("capsule", "object", "RGB", render_capsule, ("crack", "contamination")),
     CategorySpec("grid", "texture", "L", render_grid, ("broken", "contamination")),
+    CategorySpec("nut", "object", "RGB", render_nut, ("scratch", "missing_piece")),
+    CategorySpec("wood", "texture", "RGB", render_wood, ("crack", "hole")),
 )
+
+#: What `generate_demo_tree` draws.
+DEMO_CATEGORIES = CATALOGUE[:4]
+#: What `generate_holdout_tree` draws: categories the demo never shows, for zero-shot tests.
+HOLDOUT_CATEGORIES = CATALOGUE[4:]
 
 
 #: Standard deviation of the sensor noise, in grey levels.
@@ -768,10 +888,26 @@ def _generate(
     return DemoTree(root=root, seed=seed, image_size=image_size, categories=tuple(categories))
 
 
+def _generate_sample(
+    root: Path, specs: Sequence[CategorySpec], *, seed: int, image_size: int
+) -> DemoTree:
+    # Every category of a sample gets 6 train/good, 3 test/good and 3 of each defect.
+    plans = [CategoryPlan(spec, train_good=6, test_good=3, per_defect=(3, 3)) for spec in specs]
+    return _generate(root, plans, seed=seed, image_size=image_size, workers=1)
+
+
 def generate_demo_tree(root: Path, *, seed: int = 0, image_size: int = 256) -> DemoTree:
     """The built-in sample: 4 categories × (6 train/good, 3 test/good, 2 defects × 3), 60 images."""
-    plans = [CategoryPlan(spec, train_good=6, test_good=3, per_defect=(3, 3)) for spec in CATALOGUE]
-    return _generate(root, plans, seed=seed, image_size=image_size, workers=1)
+    return _generate_sample(root, DEMO_CATEGORIES, seed=seed, image_size=image_size)
+
+
+def generate_holdout_tree(root: Path, *, seed: int = 0, image_size: int = 256) -> DemoTree:
+    """A held-out sample shaped like the demo's, of the categories the demo never shows.
+
+    2 categories (nut, wood) × (6 train/good, 3 test/good, 2 defects × 3), 30 images, so that
+    a benchmark can test on categories absent from everything built from the demo tree.
+    """
+    return _generate_sample(root, HOLDOUT_CATEGORIES, seed=seed, image_size=image_size)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

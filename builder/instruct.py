@@ -1,28 +1,24 @@
-"""The anomaly-instruct recipe's last leg: describe, place images, compose, write instruct/.
+"""The recipes' configuration: which recipes, which sources are held out, which describer.
 
-Annotated samples stream in from the build's spool; each is described (template or LLM),
-written to samples.jsonl, has its image and masks placed under DIR/images and DIR/masks,
-and is composed into instruction records that stream into instruct/anomaly_instruct.json.
+`recipes.py` runs them; this module turns command-line words into an `InstructConfig` with
+errors a person can act on, and builds the describer (and for an LLM, its engine).
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adinstruct.builder.compose import ComposeConfig, compose, compose_provenance, skip_reason
+from adinstruct.builder.compose import ComposeConfig, compose_provenance
+from adinstruct.builder.compose.benchmark import BenchmarkConfig
 from adinstruct.builder.describe.base import Describer
 from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
-from adinstruct.builder.images import Placement, place_sample_files
-from adinstruct.builder.io import JsonListWriter, atomic_writer, read_samples, record_line
+from adinstruct.builder.io import atomic_writer, read_samples
 from adinstruct.builder.progress import Progress, StatsOnly
-from adinstruct.schemas import QuarantineEntry, Sample
 
 if TYPE_CHECKING:
     from adinstruct.builder.describe.batch import BatchRunner
@@ -30,7 +26,10 @@ if TYPE_CHECKING:
 
 INSTRUCT_FILE = "instruct/anomaly_instruct.json"
 MIXTURE_FILE = "instruct/datasets.yaml"
-RECIPES = ("anomaly-instruct",)
+Recipe = Literal["anomaly-instruct", "visa-dr"]
+RECIPES: tuple[Recipe, ...] = ("anomaly-instruct", "visa-dr")
+#: Held out of training by default when given, as Anomaly-OV keeps VisA for its benchmark.
+DEFAULT_HOLDOUT = "visa"
 #: The LLM answer cache lives in the output folder so that a rerun of the same command finds it.
 CACHE_FILE = ".cache/llm.sqlite3"
 
@@ -54,76 +53,30 @@ class LLMOptions(BaseModel):
 class InstructConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    recipe: Literal["anomaly-instruct"] = "anomaly-instruct"
+    recipes: list[Recipe] = Field(default_factory=lambda: ["anomaly-instruct"], min_length=1)
+    holdout: list[str] | None = Field(
+        default=None,
+        description=f"Sources kept out of training (and benchmarked by visa-dr); None: "
+        f"{DEFAULT_HOLDOUT!r} when it is given, [] for none.",
+    )
     describer: Literal["template", "openai"] = "template"
     model: str | None = None
-    images: Placement = Placement.copy
     records_per_sample: int = Field(default=2, ge=1, le=3)
     llm: LLMOptions = Field(default_factory=LLMOptions)
 
     def compose_config(self, seed: int) -> ComposeConfig:
         return ComposeConfig(seed=seed, records_per_sample=self.records_per_sample)
 
+    def benchmark_config(self, seed: int) -> BenchmarkConfig:
+        return BenchmarkConfig(seed=seed)
 
-class InstructTally(BaseModel):
-    described: int = 0
-    records: int = 0
-    by_family: Counter[str] = Field(default_factory=Counter)
+    @property
+    def trains(self) -> bool:
+        return "anomaly-instruct" in self.recipes
 
-
-def described_stream(
-    samples: Iterable[Sample],
-    describer: Describer,
-    on_sample: Callable[[Sample], None],
-    on_quarantine: Callable[[QuarantineEntry], None],
-) -> Iterator[Sample]:
-    """Described samples that compose can use; the others become quarantine entries."""
-    for result in describer.describe(samples):
-        if isinstance(result, QuarantineEntry):
-            on_quarantine(result)
-            continue
-        reason = skip_reason(result)
-        if reason is not None:
-            on_quarantine(QuarantineEntry(
-                stage="compose", code=reason, source=result.source, path=result.image_paths[0],
-                sample_id=result.id, sample=result,
-                reason=f"{result.id} cannot be composed into records: {reason.replace('_', ' ')}",
-            ))  # fmt: skip
-            continue
-        on_sample(result)
-        yield result
-
-
-def write_instruct(
-    out: Path,
-    samples: Iterable[Sample],
-    samples_handle: IO[str],
-    describer: Describer,
-    config: InstructConfig,
-    seed: int,
-    roots: dict[str, Path],
-    on_sample: Callable[[Sample], None],
-    on_quarantine: Callable[[QuarantineEntry], None],
-) -> InstructTally:
-    """Describe, write and place every sample, and stream its records into INSTRUCT_FILE."""
-    tally = InstructTally()
-
-    def keep(sample: Sample) -> None:
-        samples_handle.write(record_line(sample))
-        place_sample_files(sample, roots[sample.source], out, config.images)
-        tally.described += 1
-        on_sample(sample)
-
-    stream = described_stream(samples, describer, keep, on_quarantine)
-    with atomic_writer(out / INSTRUCT_FILE) as handle:
-        writer = JsonListWriter(handle)
-        for record in compose(stream, config.compose_config(seed)):
-            writer.write(record)
-            tally.by_family[record.metadata.task_family] += 1
-        writer.close()
-    tally.records = writer.records
-    write_mixture(out)
-    return tally
+    @property
+    def benchmarks(self) -> bool:
+        return "visa-dr" in self.recipes
 
 
 def write_mixture(out: Path) -> None:
@@ -137,29 +90,37 @@ def write_mixture(out: Path) -> None:
 def provenance(config: InstructConfig, seed: int) -> dict[str, Any]:
     llm = config.llm.model_dump(mode="json", exclude={"cache", "prices"})
     return {
-        "recipe": config.recipe,
+        "recipes": list(config.recipes),
         "describer": config.describer,
         "model": config.model,
         "llm": llm if config.describer == "openai" else None,
-        "images": config.images.value,
         "compose": compose_provenance(config.compose_config(seed)),
+        "benchmark": config.benchmark_config(seed).model_dump(mode="json")
+        if config.benchmarks
+        else None,
     }
 
 
 def instruct_config(
-    recipe: str | None,
+    recipe: str | list[str] | None,
     describer: str | None,
     model: str | None,
-    images: str,
     llm: LLMOptions | None = None,
+    holdout: list[str] | None = None,
 ) -> InstructConfig | None:
-    """The recipe part of a build from command-line words, with errors a person can act on."""
-    if recipe is None:
-        if describer or model:
-            raise ConfigError("--describer and --model need --recipe anomaly-instruct")
+    """The recipe part of a build from command-line words, with errors a person can act on.
+
+    `holdout` is what --holdout said: None for the default, ["none"] to hold nothing out.
+    """
+    recipes = [recipe] if isinstance(recipe, str) else list(recipe or [])
+    if not recipes:
+        if describer or model or holdout:
+            raise ConfigError("--describer, --model and --holdout need a --recipe "
+                              f"({' or '.join(RECIPES)})")  # fmt: skip
         return None
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+    unknown = [name for name in recipes if name not in RECIPES]
+    if unknown:
+        raise ConfigError(f"unknown recipe {unknown[0]!r}; known recipes: {', '.join(RECIPES)}")
     chosen = describer or ("openai" if os.environ.get("OPENAI_API_KEY") else "template")
     if chosen not in ("template", "openai"):
         raise ConfigError(f"unknown describer {chosen!r}; use template or openai")
@@ -168,12 +129,51 @@ def instruct_config(
             "the openai describer needs --model (OPENAI_API_KEY is set, so it was chosen; "
             "pass --describer template to stay offline)"
         )
-    if images not in {placement.value for placement in Placement}:
-        raise ConfigError(f"--images must be copy or hardlink, got {images!r}")
+    if holdout is not None and "none" in holdout:
+        if len(holdout) > 1:
+            raise ConfigError("--holdout none holds nothing out; do not name sources beside it")
+        holdout = []
     return InstructConfig(
-        recipe=recipe, describer=chosen, model=model, images=Placement(images),
+        recipes=list(dict.fromkeys(recipes)), holdout=holdout, describer=chosen, model=model,
         llm=llm or LLMOptions(),
     )  # fmt: skip
+
+
+def resolve_holdout(config: InstructConfig, sources: list[str]) -> frozenset[str]:
+    """The held-out sources among `sources` (canonical builder names), or a ConfigError.
+
+    `config.holdout` names are canonical already (the pipeline maps aliases).
+    """
+    given = set(sources)
+    if config.holdout is None:
+        held = {DEFAULT_HOLDOUT} & given
+    else:
+        held = set(config.holdout)
+        strangers = sorted(held - given)
+        if strangers:
+            raise ConfigError(
+                f"--holdout {strangers[0]} is not one of the --source names ({', '.join(sources)})"
+            )
+    if config.benchmarks and not held:
+        if config.trains:
+            raise ConfigError(
+                "--recipe visa-dr benchmarks a held-out source, and none is held out "
+                f"(no {DEFAULT_HOLDOUT} source is given): pass --holdout NAME"
+            )
+        held = set(given)  # a benchmark-only build: every source is benchmarked
+    if config.benchmarks and not config.trains:
+        unused = sorted(given - held)
+        if unused:
+            raise ConfigError(
+                f"--source {unused[0]} is neither held out for --recipe visa-dr nor trained "
+                "on (no --recipe anomaly-instruct): drop it, or pass --holdout for it"
+            )
+    if config.trains and held >= given:
+        raise ConfigError(
+            f"every source is held out ({', '.join(sorted(held))}), so --recipe "
+            "anomaly-instruct has nothing to train on"
+        )
+    return frozenset(held)
 
 
 def make_describer(

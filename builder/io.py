@@ -76,6 +76,29 @@ class JsonListWriter:
         self.handle.write("\n]\n" if self.records else "]\n")
 
 
+class JsonObjectWriter:
+    """Streams `key: record` pairs into a JSON object, one a line (mmad.json is keyed by image)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.records = 0
+        self.keys: set[str] = set()
+        handle.write("{")
+
+    def write(self, key: str, record: BaseModel) -> None:
+        if key in self.keys:
+            raise ValueError(f"key {key!r} is written twice; a JSON object keeps only one")
+        self.keys.add(key)
+        self.handle.write(",\n" if self.records else "\n")
+        self.handle.write(json.dumps(key, ensure_ascii=False))
+        self.handle.write(": ")
+        self.handle.write(record.model_dump_json(by_alias=True, exclude_none=False))
+        self.records += 1
+
+    def close(self) -> None:
+        self.handle.write("\n}\n" if self.records else "}\n")
+
+
 def read_samples(path: Path) -> Iterator[Sample]:
     """The samples of a JSON-lines file, one at a time."""
     with path.open(encoding="utf-8") as handle:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from pydantic import BaseModel, Field
 
@@ -24,19 +24,22 @@ from adinstruct.builder.annotate import AnnotateStage
 from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
 from adinstruct.builder.annotate.hashing import PHASH_RECIPE
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
+from adinstruct.builder.compose.benchmark import BenchmarkPlan, plan_benchmark
 from adinstruct.builder.describe.base import Describer
 from adinstruct.builder.describe.llm import OpenAIDescriber
 from adinstruct.builder.describe.pricing import DryRunEstimate, estimate_run
 from adinstruct.builder.errors import ConfigError
+from adinstruct.builder.gate import Gate, append_quarantine
+from adinstruct.builder.images import Placement, place_sample_files
 from adinstruct.builder.instruct import (
-    INSTRUCT_FILE,
     InstructConfig,
     make_describer,
     provenance,
-    write_instruct,
+    resolve_holdout,
 )
 from adinstruct.builder.io import atomic_writer, read_samples, record_line, sha256_file, write_json
 from adinstruct.builder.progress import Progress
+from adinstruct.builder.recipes import roles, to_describe, write_recipes
 from adinstruct.builder.redact import redact_command
 from adinstruct.builder.runner import make_runner
 from adinstruct.builder.sources import SourceBuilder, get_builder
@@ -50,10 +53,8 @@ from adinstruct.schemas import (
     SourceInfo,
 )
 
-if TYPE_CHECKING:
-    pass
-
 WORK_DIR = ".adinstruct-work"
+VALIDATION_FILE = "validation.json"
 SAMPLES_FILE = "samples.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -72,20 +73,29 @@ class BuildConfig(BaseModel):
     seed: int = 0
     dry_run: bool = Field(default=False, description="Estimate the LLM requests; write nothing.")
     instruct: InstructConfig | None = Field(
-        default=None, description="The anomaly-instruct recipe: describe and compose records."
+        default=None, description="The recipes: describe, then compose records and items."
+    )
+    images: Placement = Field(
+        default=Placement.copy, description="How images and masks reach DIR/images, DIR/masks."
+    )
+    validate_output: bool = Field(
+        default=True, description="Validate the folder at the end, quarantining bad records."
     )
 
-    def public_config(self) -> dict[str, Any]:
+    def public_config(self, held_out: frozenset[str] = frozenset()) -> dict[str, Any]:
         return {
             "sources": {spec.name: str(spec.root.expanduser().resolve()) for spec in self.sources},
             "limit": self.limit,
             "seed": self.seed,
+            "images": self.images.value,
             "annotate": {
                 "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
                 "grid_min_share": DEFAULT_GRID_MIN_SHARE,
                 "phash": PHASH_RECIPE,
             },
-            "instruct": provenance(self.instruct, self.seed) if self.instruct else None,
+            "instruct": provenance(self.instruct, self.seed) | {"held_out": sorted(held_out)}
+            if self.instruct
+            else None,
         }
 
 
@@ -109,17 +119,20 @@ class SourceTally:
     by_category: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
 
-    def count_sample(self, sample: Sample) -> None:
-        self.by_split[sample.split] += 1
-        self.by_label[sample.label] += 1
-        self.by_category[sample.category] += 1
+    def count_sample(self, sample: Sample, step: int = 1) -> None:
+        """Count a sample written to samples.jsonl (step -1: one that validation moved out)."""
+        self.by_split[sample.split] += step
+        self.by_label[sample.label] += step
+        self.by_category[sample.category] += step
+        if step < 0:
+            self.quarantined -= step
 
     def counts(self) -> Counts:
         return Counts(
             total=sum(self.by_label.values()),
-            by_split=dict(sorted(self.by_split.items())),
-            by_label=dict(sorted(self.by_label.items())),
-            by_category=dict(sorted(self.by_category.items())),
+            by_split={key: n for key, n in sorted(self.by_split.items()) if n},
+            by_label={key: n for key, n in sorted(self.by_label.items()) if n},
+            by_category={key: n for key, n in sorted(self.by_category.items()) if n},
             quarantined=self.quarantined,
         )
 
@@ -158,6 +171,34 @@ def open_builders(config: BuildConfig) -> list[SourceBuilder]:
             )
         builders.append(builder)
     return builders
+
+
+def held_out_sources(config: BuildConfig, builders: list[SourceBuilder]) -> frozenset[str]:
+    """The sources the recipes keep out of training, by canonical builder name."""
+    if config.instruct is None:
+        return frozenset()
+    recipe = config.instruct
+    if recipe.holdout is not None:
+        # --holdout takes the names --source does, aliases included.
+        recipe = recipe.model_copy(
+            update={"holdout": [get_builder(name).name for name in recipe.holdout]}
+        )
+    return resolve_holdout(recipe, [builder.name for builder in builders])
+
+
+def builders_in_use(
+    config: BuildConfig, builders: list[SourceBuilder], held_out: frozenset[str]
+) -> list[SourceBuilder]:
+    """The sources a recipe reads: a held-out source without --recipe visa-dr is not decoded."""
+    if config.instruct is None or config.instruct.benchmarks:
+        return builders
+    return [builder for builder in builders if builder.name not in held_out]
+
+
+def benchmark_plan(config: BuildConfig, annotated: Path, held_out: frozenset[str]) -> BenchmarkPlan:
+    assert config.instruct is not None
+    benchmark = config.instruct.benchmark_config(config.seed)
+    return plan_benchmark(read_samples(annotated), held_out, benchmark)
 
 
 def spool_listing(
@@ -297,18 +338,22 @@ def estimate(config: BuildConfig, progress: Progress | None = None) -> DryRunEst
     """
     progress = progress or Progress()
     builders = open_builders(config)
+    held_out = held_out_sources(config, builders)
     out = config.out.expanduser().resolve()
     tallies = {builder.name: SourceTally() for builder in builders}
     with work_folder(out) as work, (work / QUARANTINE_FILE).open("w") as quarantine_handle:
         quarantine = QuarantineLog(quarantine_handle, tallies)
-        annotated, _ = annotate_sources(config, builders, work, quarantine, tallies, progress)
+        used = builders_in_use(config, builders, held_out)
+        annotated, _ = annotate_sources(config, used, work, quarantine, tallies, progress)
         if config.instruct is None:
             return DryRunEstimate()
         roots = {builder.name: builder.root for builder in builders}
         describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
         if engine is None or not isinstance(describer, OpenAIDescriber):
             return DryRunEstimate()  # the template describer sends nothing
-        requests = describer.requests_for(read_samples(annotated))
+        plan = benchmark_plan(config, annotated, held_out)
+        chosen = to_describe(read_samples(annotated), plan, config.instruct, quarantine.add)
+        requests = describer.requests_for(chosen)
         # Batch answers cost less: price them as the batch will be billed.
         return estimate_run(
             requests, engine.prices, engine.cache.contains, batch=config.instruct.llm.batch
@@ -321,6 +366,7 @@ def build(
     """Run the build and write its folder; structural problems raise AdinstructError first."""
     progress = progress or Progress()
     builders = open_builders(config)
+    held_out = held_out_sources(config, builders)
     out = config.out.expanduser().resolve()
     roots = {builder.name: builder.root for builder in builders}
     tallies = {builder.name: SourceTally() for builder in builders}
@@ -330,17 +376,19 @@ def build(
         atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
     ):
         quarantine = QuarantineLog(quarantine_handle, tallies)
-        annotated, stages = annotate_sources(config, builders, work, quarantine, tallies, progress)
+        used = builders_in_use(config, builders, held_out)
+        annotated, stages = annotate_sources(config, used, work, quarantine, tallies, progress)
         describer = None
         if config.instruct is not None:
             describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
         written, outputs = finish_samples(
-            out, annotated, config, describer, roots, quarantine, tallies, progress, stages
-        )
+            out, annotated, config, describer, roots, quarantine, tallies, progress, stages,
+            held_out,
+        )  # fmt: skip
     manifest = Manifest(
         toolkit_version=__version__,
         command=redact_command(command or []),
-        config=config.public_config(),
+        config=config.public_config(held_out),
         sources=[source_info(builder, tallies[builder.name]) for builder in builders],
         outputs=[
             output_file(out, name, records)
@@ -357,6 +405,47 @@ def build(
         llm_usage=engine.totals if engine is not None else LLMUsage(),
     )
     write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
+    if config.validate_output:
+        manifest = gate_build(out, manifest, tallies, builders, progress)
+    return manifest
+
+
+def gate_build(
+    out: Path,
+    manifest: Manifest,
+    tallies: dict[str, SourceTally],
+    builders: list[SourceBuilder],
+    progress: Progress,
+) -> Manifest:
+    """Validate the written folder, move records with errors to the quarantine, and record it."""
+    result = Gate(out).run(progress)
+    result.report.write(out / VALIDATION_FILE)
+    counts = {output.path: output.records for output in manifest.outputs}
+    counts.update(result.remaining)
+    codes = {name: dict(codes) for name, codes in manifest.quarantine_codes.items()}
+    if result.moved:
+        counts[QUARANTINE_FILE] = append_quarantine(out / QUARANTINE_FILE, result.moved)
+        by_code: Counter[str] = Counter(entry.code for entry in result.moved)
+        codes["validate"] = dict(sorted(by_code.items()))
+        for entry in result.moved:
+            if entry.path == SAMPLES_FILE and entry.source in tallies:
+                tallies[entry.source].count_sample(Sample.model_validate(entry.record), -1)
+    stages = dict(manifest.stages)
+    stages["validate"] = {
+        "records": result.report.records,
+        "errors": result.report.error_count,
+        "warnings": result.report.warning_count,
+        "quarantined": len(result.moved),
+    }
+    manifest = manifest.model_copy(update={
+        "outputs": [output_file(out, output.path, counts[output.path])
+                    for output in manifest.outputs],
+        "sources": [source_info(builder, tallies[builder.name]) for builder in builders],
+        "stages": stages,
+        "quarantine_codes": codes,
+        "validation": result.summary(),
+    })  # fmt: skip
+    write_json(out / MANIFEST_FILE, manifest.model_dump(mode="json"))
     return manifest
 
 
@@ -370,39 +459,66 @@ def finish_samples(
     tallies: dict[str, SourceTally],
     progress: Progress,
     stages: dict[str, dict[str, int]],
+    held_out: frozenset[str] = frozenset(),
 ) -> tuple[int, list[tuple[str, int]]]:
-    """Write samples.jsonl from the annotated spool, through the recipe when there is one.
+    """Write samples.jsonl from the annotated spool, through the recipes when there are any.
 
-    Returns the samples written and the recipe's extra output files with their record counts.
+    Returns the samples written and the recipes' output files with their record counts.
     """
     passed = stages["annotate"]["out"]
     with atomic_writer(out / SAMPLES_FILE) as samples_handle:
         if config.instruct is None or describer is None:
+            # Every folder holds the images its samples name, so that it validates on its own.
             for sample in read_samples(annotated):
                 samples_handle.write(record_line(sample))
+                place_sample_files(sample, roots[sample.source], out, config.images)
                 tallies[sample.source].count_sample(sample)
             return passed, []
+        recipe = config.instruct
+        plan = benchmark_plan(config, annotated, held_out)
+        by_role = roles(read_samples(annotated), plan)
+        wanted = (by_role["train"] if recipe.trains else 0) + (
+            by_role["benchmark"] if recipe.benchmarks else 0
+        )
 
         def on_sample(sample: Sample) -> None:
             tallies[sample.source].count_sample(sample)
-            progress.advance(1)
+            if sample.description is not None:
+                progress.advance(1)
 
         def on_quarantine(entry: QuarantineEntry) -> None:
             quarantine.add(entry)
             progress.advance(1, quarantined=1)
 
-        progress.start("describe", total=passed)
-        tally = write_instruct(
-            out, read_samples(annotated), samples_handle, describer, config.instruct,
-            config.seed, roots, on_sample, on_quarantine,
+        progress.start("describe", total=wanted)
+        tally = write_recipes(
+            out, annotated, samples_handle, describer, recipe, plan, config.seed, roots,
+            config.images, on_sample, on_quarantine,
         )  # fmt: skip
         progress.finish()
+    stages["route"] = {
+        "train": by_role["train"] if recipe.trains else 0,
+        "benchmark": by_role["benchmark"] if recipe.benchmarks else 0,
+        "templates": tally.templates,
+        "unused": passed - wanted - tally.templates,
+    }
     stages["describe"] = {
-        "in": passed, "out": tally.described, "quarantined": passed - tally.described,
+        "in": wanted, "out": tally.described, "quarantined": wanted - tally.described,
     }  # fmt: skip
-    stages["compose"] = {"in": tally.described, "records": tally.records}
-    stages["compose"].update({f"records_{k}": n for k, n in sorted(tally.by_family.items())})
-    return tally.described, [(INSTRUCT_FILE, tally.records)]
+    if recipe.trains:
+        stages["compose"] = {"in": tally.trained, "records": tally.records}
+        stages["compose"].update({f"records_{k}": n for k, n in sorted(tally.by_family.items())})
+    if recipe.benchmarks:
+        stages["benchmark"] = {
+            "detection_items": tally.detection_items,
+            "reasoning_items": tally.reasoning_items,
+            "mmad_items": tally.mmad_items,
+        }
+        stages["benchmark"].update({
+            "mmad_" + kind.lower().replace(" ", "_"): n
+            for kind, n in sorted(tally.mmad_questions.items())
+        })  # fmt: skip
+    return tally.written, tally.outputs(recipe)
 
 
 def source_info(builder: SourceBuilder, tally: SourceTally) -> SourceInfo:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -155,3 +155,10 @@ class QuarantineEntry(Record):
     path: str | None = Field(default=None, description="The offending file, relative to root.")
     sample_id: str | None = None
     sample: Sample | None = Field(default=None, description="The sample, when one was formed.")
+    record: Any = Field(
+        default=None,
+        description="The record as its file held it, for records that validation moved here.",
+    )
+    record_key: str | None = Field(
+        default=None, description="Its key, for a record of a JSON object (mmad.json)."
+    )

@@ -215,13 +215,13 @@ def test_anomaly_instruct_recipe_writes_records_for_every_sample(planted, tmp_pa
 def test_recipe_options_are_checked(planted, tmp_path, monkeypatch):
     from adinstruct.builder.instruct import instruct_config
 
-    assert instruct_config(None, None, None, "copy") is None
-    with pytest.raises(ConfigError, match="need --recipe"):
-        instruct_config(None, "template", None, "copy")
+    assert instruct_config(None, None, None) is None
+    with pytest.raises(ConfigError, match="need a --recipe"):
+        instruct_config(None, "template", None)
     with pytest.raises(ConfigError, match="unknown recipe"):
-        instruct_config("visa-dr-2", None, None, "copy")
+        instruct_config("visa-dr-2", None, None)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert instruct_config("anomaly-instruct", None, None, "copy").describer == "template"
+    assert instruct_config("anomaly-instruct", None, None).describer == "template"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
     with pytest.raises(ConfigError, match="needs --model"):
-        instruct_config("anomaly-instruct", None, None, "copy")
+        instruct_config("anomaly-instruct", None, None)

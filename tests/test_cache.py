@@ -117,10 +117,14 @@ def test_a_kill_in_the_middle_of_writing_loses_nothing_committed(tmp_path):
         while seen < 300 and time.monotonic() < deadline:
             time.sleep(0.05)
             if path.exists():
-                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                    seen = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-        os.kill(writer.pid, signal.SIGKILL)
+                try:
+                    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                        seen = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+                except sqlite3.OperationalError:
+                    continue  # the file exists but its table is not created (committed) yet
     finally:
+        # Killed however the loop ended: the writer never stops by itself.
+        os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
     assert seen >= 300
     with AnswerCache(path) as cache:

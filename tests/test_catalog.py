@@ -28,6 +28,7 @@ EXPECTED_SOURCES = {
     "real_iad",
     "folder",
     "demo",
+    "demo_holdout",
     "bmad_brain",
     "bmad_liver",
     "bmad_retina_resc",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adinstruct.builder.demo import generate_demo_tree
+from adinstruct.builder.demo import generate_demo_tree, generate_holdout_tree
 from adinstruct.schemas import Manifest, Sample
 
 
@@ -27,43 +27,59 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
         capture_output=True, text=True, timeout=300, env=environment,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    generated = generate_demo_tree(tmp_path / "again", seed=0)
+    generated = {
+        "demo": generate_demo_tree(tmp_path / "again" / "demo", seed=0),
+        "demo_holdout": generate_holdout_tree(tmp_path / "again" / "demo_holdout", seed=0),
+    }
     manifest = Manifest.model_validate_json((out / "manifest.json").read_text())
-    (source,) = manifest.sources
-    # The synthetic content is CC0, whatever layout it imitates.
-    assert source.name == "demo" and source.license == "CC0-1.0"
-    assert source.counts.total == generated.total
-    assert source.counts.by_label == {"anomaly": generated.anomalous, "normal": generated.normal}
-    assert source.counts.quarantined == 0
-    expected_categories = {c.name: sum(sum(x.values()) for x in c.counts.values())
-                           for c in generated.categories}  # fmt: skip
-    assert source.counts.by_category == expected_categories
+    assert [source.name for source in manifest.sources] == list(generated)
     samples = [Sample.model_validate_json(line) for line in (out / "samples.jsonl").open()]
-    assert len(samples) == generated.total
-    masks = {a.image: a for c in generated.categories for a in c.anomalies}
+    for source in manifest.sources:
+        tree = generated[source.name]
+        # The synthetic content is CC0, whatever layout it imitates.
+        assert source.license == "CC0-1.0"
+        assert source.counts.total == tree.total
+        assert source.counts.by_label == {"anomaly": tree.anomalous, "normal": tree.normal}
+        assert source.counts.quarantined == 0
+        expected_categories = {c.name: sum(sum(x.values()) for x in c.counts.values())
+                               for c in tree.categories}  # fmt: skip
+        assert source.counts.by_category == expected_categories
+    assert len(samples) == sum(tree.total for tree in generated.values())
+    masks = {(name, a.image): a for name, tree in generated.items()
+             for c in tree.categories for a in c.anomalies}  # fmt: skip
     for sample in samples:
         if sample.label == "anomaly":
-            planted = masks[sample.image_paths[0]]
+            planted = masks[(sample.source, sample.image_paths[0])]
             assert sample.defect_types == [planted.defect]
             x0 = min(b[0] for b in sample.annotation.bboxes)
             y0 = min(b[1] for b in sample.annotation.bboxes)
             assert (x0, y0) == tuple(planted.mask_bbox[:2])
     outputs = {o.path: o for o in manifest.outputs}
-    assert outputs["samples.jsonl"].records == generated.total
-    # The demo runs the whole recipe offline: every sample described, records composed.
+    assert outputs["samples.jsonl"].records == len(samples)
+    # The demo runs both recipes offline: the training set from demo, every sample described
+    # and composed; the benchmark from demo_holdout's test split, never trained on.
     records = json.loads((out / "instruct" / "anomaly_instruct.json").read_text())
-    assert outputs["instruct/anomaly_instruct.json"].records == len(records) >= generated.total
-    assert {r["metadata"]["sample_id"] for r in records} == {s.id for s in samples}
+    trained = {s.id for s in samples if s.source == "demo"}
+    assert outputs["instruct/anomaly_instruct.json"].records == len(records) >= len(trained)
+    assert {r["metadata"]["sample_id"] for r in records} == trained
     assert all((out / "images" / r["image"]).is_file() for r in records)
-    assert all(s.describer == "template" for s in samples)
+    detection = json.loads((out / "benchmark" / "test_data.json").read_text())
+    held_test = [s for s in samples if s.source == "demo_holdout" and s.split == "test"]
+    assert sorted(d["image"] for d in detection) == sorted(
+        f"demo_holdout/{s.image_paths[0]}" for s in held_test
+    )
+    assert all(s.describer == "template" for s in samples if s.split == "test" or
+               s.source == "demo")  # fmt: skip
+    assert manifest.validation["error_count"] == 0
+    assert manifest.config["instruct"]["held_out"] == ["demo_holdout"]
     assert json.loads((out / "manifest.json").read_text())["toolkit_version"]
-    # Running the demo again into the same folder replaces its synthetic tree, same bytes out.
+    # Running the demo again into the same folder replaces its synthetic trees, same bytes out.
     again = subprocess.run(
         [console_script(), "demo", "--out", str(out), "--quiet"],
         capture_output=True, text=True, timeout=300, env=environment,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert (
-        outputs["samples.jsonl"].sha256
-        == Manifest.model_validate_json((out / "manifest.json").read_text()).outputs[0].sha256
-    )
+    rebuilt = Manifest.model_validate_json((out / "manifest.json").read_text())
+    assert [(o.path, o.sha256) for o in rebuilt.outputs] == [
+        (o.path, o.sha256) for o in manifest.outputs
+    ]

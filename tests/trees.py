@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,9 @@ class Tree:
 
 def write_image(path: Path, *, mode: str = "RGB", size: int = SIZE, seed: int = 0) -> Path:
     """A small textured image; the seed makes each file's content (and hash) distinct."""
-    rng = np.random.default_rng(seed + len(path.as_posix()) * 7919)
+    # Seeded by the file's name and folder: two files of a tree never share their pixels
+    # (identical images would be train/test leaks, which the end-of-build validation removes).
+    rng = np.random.default_rng([seed, zlib.crc32("/".join(path.parts[-4:]).encode())])
     channels = {"RGB": 3, "L": 1}[mode]
     pixels = rng.integers(40, 200, size=(size, size, channels), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,4 +334,47 @@ def write_folder(root: Path) -> Tree:
                 bbox=(0, 0, 4, 4))  # fmt: skip
     tree.expect("folder/anomaly/scratch/d", category=category, split="test", label="anomaly",
                 defect_types=["scratch"], bbox=(60, 60, 4, 4))  # fmt: skip
+    return tree
+
+
+def write_visa_benchmark(
+    root: Path, *, categories: tuple[str, ...] = ("candle", "capsules"), train: int = 6,
+    test_normal: int = 3, anomalies: int = 4,
+) -> Tree:  # fmt: skip
+    """A raw VisA tree to benchmark on: every image distinct, anomaly i of a category showing
+    defect id i + 1 of the release's table, its box in a different grid cell each time."""
+    from adinstruct.builder.sources.visa import id_to_class
+
+    tree = Tree(root)
+    rows: list[list[str]] = []
+    for category in categories:
+        names = id_to_class()[category]
+        anno_rows = []
+        normals = [("train", index) for index in range(train)]
+        normals += [("test", train + index) for index in range(test_normal)]
+        for split, index in normals:
+            relative = f"{category}/Data/Images/Normal/{index:04d}.JPG"
+            write_image(root / relative)
+            rows.append([category, split, "normal", relative, ""])
+            anno_rows.append([relative, "normal", ""])
+            tree.expect(f"visa/{relative.removesuffix('.JPG')}", category=category,
+                        split=split, label="normal")  # fmt: skip
+        for index in range(anomalies):
+            relative = f"{category}/Data/Images/Anomaly/{index:03d}.JPG"
+            mask_relative = f"{category}/Data/Masks/Anomaly/{index:03d}.png"
+            write_image(root / relative)
+            cell_x, cell_y = (index * 2) % 3, (index * 2) // 3 % 3
+            x0, y0 = cell_x * SIZE // 3 + 4, cell_y * SIZE // 3 + 4
+            box = (x0, y0, x0 + 10, y0 + 10)
+            write_mask(root / mask_relative, [box], values=[index + 1])
+            name = names[index + 1].lower()  # image_anno.csv writes the table's names so
+            rows.append([category, "test", "anomaly", relative, mask_relative])
+            anno_rows.append([relative, name, mask_relative])
+            tree.expect(f"visa/{relative.removesuffix('.JPG')}", category=category,
+                        split="test", label="anomaly", defect_types=[name],
+                        bbox=union_bbox([box]))  # fmt: skip
+        write_csv(root / category / "image_anno.csv", ["image", "label", "mask"], anno_rows)
+    for name in ("1cls", "2cls_fewshot", "2cls_highshot"):
+        write_csv(root / "split_csv" / f"{name}.csv", VISA_ROWS_HEADER, rows)
+    write_text(root / "LICENSE-DATASET", "CC BY 4.0\n")
     return tree

@@ -5,15 +5,21 @@ from __future__ import annotations
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.sources.base import SourceBuilder
 from adinstruct.builder.sources.folder import Folder
-from adinstruct.builder.sources.mvtec_ad import BTAD, MPDD, MVTecAD, SyntheticDemo
+from adinstruct.builder.sources.mvtec_ad import (
+    BTAD,
+    MPDD,
+    MVTecAD,
+    SyntheticDemo,
+    SyntheticDemoHoldout,
+)
 from adinstruct.builder.sources.mvtec_loco import MVTecLOCO
 from adinstruct.builder.sources.real_iad import RealIAD
 from adinstruct.builder.sources.visa import VisA
 
-BUILDERS: dict[str, type[SourceBuilder]] = {
-    builder.name: builder
-    for builder in (MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, Folder, SyntheticDemo)
-}
+_ALL: tuple[type[SourceBuilder], ...] = (
+    MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, Folder, SyntheticDemo, SyntheticDemoHoldout,
+)  # fmt: skip
+BUILDERS: dict[str, type[SourceBuilder]] = {builder.name: builder for builder in _ALL}
 
 
 def list_builders() -> list[type[SourceBuilder]]:

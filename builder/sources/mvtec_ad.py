@@ -34,6 +34,15 @@ class SyntheticDemo(MVTecStyleBuilder):
     style = MVTecStyle(modality_of=mvtec_modality)
 
 
+class SyntheticDemoHoldout(MVTecStyleBuilder):
+    """The demo's second tree: categories it never trains on, benchmarked zero-shot."""
+
+    name = "demo_holdout"
+    aliases = ("synthetic_holdout",)
+    layouts = SyntheticDemo.layouts
+    style = MVTecStyle(modality_of=mvtec_modality)
+
+
 class MPDD(MVTecStyleBuilder):
     name = "mpdd"
     aliases = ("mpdd",)
