@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 
 QUARANTINE_NAME = "quarantine.jsonl"
+#: Where `demo` exports its folder as a Hugging Face dataset.
+DEMO_EXPORT = "hf"
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Workers = Annotated[
     int | None,
@@ -238,6 +240,13 @@ def demo(
     )
     manifest = run_build(config, quiet)
     say(summary(manifest, out), quiet)
+    # The whole way to publishing: a folder `datasets.load_dataset` reads, and the report.
+    from adinstruct.builder.report.report import write_report
+
+    exported = run_export(out, out / DEMO_EXPORT, "hf", 2000, "copy")
+    say(f"  {DEMO_EXPORT}/: a Hugging Face dataset folder, {len(exported.files)} files "
+        f"(datasets.load_dataset('{out / DEMO_EXPORT}', 'instruct'))", quiet)  # fmt: skip
+    say(f"  {write_report(out).name}: open it in a browser", quiet)
 
 
 @app.command()
@@ -272,6 +281,83 @@ def validate(
     say(f"{report.error_count} errors, {report.warning_count} warnings: "
         f"{folder / 'validation.json'}", quiet)  # fmt: skip
     raise typer.Exit(report.exit_status)
+
+
+@app.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="A built output folder.")],
+    to: Annotated[Path, typer.Option(help="Folder to write the export into.")],
+    format: Annotated[
+        str, typer.Option("--format", help="hf (parquet + card) or llava (JSON + datasets.yaml).")
+    ] = "hf",
+    shard_records: Annotated[
+        int, typer.Option(min=1, help="hf: records per parquet shard at most.")
+    ] = 2000,
+    images: Annotated[
+        str, typer.Option(help="llava: how images reach TO/images: copy or hardlink.")
+    ] = "copy",
+    quiet: Quiet = False,
+) -> None:
+    """Export a built folder for LLaVA-style trainers or as a Hugging Face dataset."""
+    summary = run_export(folder, to, format, shard_records, images)
+    lines = [f"wrote {summary.folder} ({format}): {summary.images} images, {summary.masks} masks, "
+             f"{summary.bytes / 1e6:.1f} MB"]  # fmt: skip
+    lines += [f"  {file.path}: {file.records} records" for file in summary.files if file.records]
+    say("\n".join(lines), quiet)
+
+
+def run_export(folder: Path, to: Path, format: str, shard_records: int, images: str):
+    from adinstruct.builder.images import Placement
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder: give the output folder of a build")
+    if format == "hf":
+        from adinstruct.builder.export.hf import export_hf
+
+        return export_hf(folder, to, max_shard_records=shard_records)
+    if format == "llava":
+        from adinstruct.builder.export.llava import export_llava
+
+        if images not in {placement.value for placement in Placement}:
+            raise ConfigError(f"--images must be copy or hardlink, got {images!r}")
+        return export_llava(folder, to, placement=Placement(images))
+    raise ConfigError(f"--format must be hf or llava, got {format!r}")
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `export --format hf`.")],
+    repo_id: Annotated[str, typer.Option(help="ORG/NAME of the dataset repository.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = (
+        False
+    ),
+    revision: Annotated[
+        str | None, typer.Option(help="Branch to commit to (created when missing).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Upload an exported folder to the Hugging Face Hub in one commit (token: HF_TOKEN, login)."""
+    from adinstruct.builder.export.push import push_folder
+
+    result = push_folder(folder, repo_id, private=private, revision=revision)
+    say(f"pushed {len(result.files)} files to {result.repo_id} in commit {result.commit_oid}: "
+        f"{result.commit_url}", quiet)  # fmt: skip
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A built output folder.")],
+    gallery: Annotated[int, typer.Option(min=0, help="Records in the gallery.")] = 48,
+    seed: Annotated[int, typer.Option(help="Seed of the gallery's draw.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Write DIR/report.html: counts, mask statistics, a gallery and the findings; no server."""
+    from adinstruct.builder.report.report import write_report
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder: give the output folder of a build")
+    path = write_report(folder, gallery_size=gallery, seed=seed)
+    say(f"wrote {path}", quiet)
 
 
 def version_callback(value: bool) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adinstruct.builder.compose import ComposeConfig, compose_provenance
 from adinstruct.builder.compose.benchmark import BenchmarkConfig
 from adinstruct.builder.describe.base import Describer
+from adinstruct.builder.describe.prompt import template_hashes
 from adinstruct.builder.describe.template import TemplateDescriber
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.io import atomic_writer, read_samples
@@ -94,6 +95,7 @@ def provenance(config: InstructConfig, seed: int) -> dict[str, Any]:
         "describer": config.describer,
         "model": config.model,
         "llm": llm if config.describer == "openai" else None,
+        "prompt_templates": template_hashes() if config.describer == "openai" else None,
         "compose": compose_provenance(config.compose_config(seed)),
         "benchmark": config.benchmark_config(seed).model_dump(mode="json")
         if config.benchmarks

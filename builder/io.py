@@ -16,6 +16,18 @@ from pydantic import BaseModel
 from adinstruct.schemas import Sample
 
 
+def _file_mode() -> int:
+    """What open() would give a new file: 0o666 less the umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: mkstemp creates files 0600; outputs are shared (a cluster's trainers read them), so they get
+#: the mode any ordinarily written file would have.
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
@@ -23,6 +35,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
+    os.fchmod(descriptor, FILE_MODE)
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(descriptor, mode, encoding=encoding) as handle:

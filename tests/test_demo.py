@@ -73,6 +73,16 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
     assert manifest.validation["error_count"] == 0
     assert manifest.config["instruct"]["held_out"] == ["demo_holdout"]
     assert json.loads((out / "manifest.json").read_text())["toolkit_version"]
+    # It ends published: a Hugging Face folder that `datasets` loads with every part, and
+    # the report (tests/test_report.py opens one in a browser).
+    import datasets
+
+    configs = datasets.get_dataset_config_names(str(out / "hf"))
+    assert sorted(configs) == ["detection", "instruct", "mmad", "reasoning", "samples"]
+    loaded = datasets.load_dataset(str(out / "hf"), "instruct", split="train")
+    assert loaded.num_rows == len(records)
+    assert sorted(loaded["id"]) == sorted(r["id"] for r in records)
+    assert (out / "report.html").is_file() and any((out / "report_files").iterdir())
     # Running the demo again into the same folder replaces its synthetic trees, same bytes out.
     again = subprocess.run(
         [console_script(), "demo", "--out", str(out), "--quiet"],

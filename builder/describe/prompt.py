@@ -9,6 +9,7 @@ made from the Description model. Files are read only through `resolve_inside`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import struct
 from functools import lru_cache
@@ -282,6 +283,16 @@ def _image_part(url: str, detail: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
+def template_hashes(templates_folder: Path | None = None) -> dict[str, str]:
+    """sha256 of the describe prompt templates in use, for the manifest and the dataset card."""
+    environment = _environment(templates_folder)
+    hashes = {}
+    for name in (SYSTEM_TEMPLATE, USER_TEMPLATE):
+        source, _, _ = environment.loader.get_source(environment, name)  # type: ignore[union-attr]
+        hashes[name] = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return hashes
+
+
 def _environment(templates_folder: Path | None) -> jinja2.Environment:
     shipped = jinja2.FunctionLoader(_shipped_template)
     loader: jinja2.BaseLoader = shipped
