@@ -1,0 +1,3 @@
+"""
+The reference CLIP zero-shot detector: backbones, scoring, metrics; behind the [detector] extra.
+"""
