@@ -358,3 +358,30 @@ def test_demo_tree_through_annotate_describe_and_compose(tmp_path: Path):
         assert record.image == f"demo/{sample.image_paths[0]}"
         for answer in gpt_turns(record):
             assert set(grid_words_in(answer)) in (set(), set(sample.annotation.grid_cells))
+
+
+# -- medical modalities (added with the BMAD builders) ------------------------------------
+
+
+def test_industrial_wording_is_untouched_by_the_medical_branches():
+    from adinstruct.builder.compose.families import question_context as context_of
+    from adinstruct.templates.bank import load_bank
+
+    rgb = Sample(
+        id="mvtec_ad/bottle/test/good/000", source="mvtec_ad", category="bottle", split="test",
+        label="normal", image_paths=["bottle/test/good/000.png"],
+    )  # fmt: skip
+    context = context_of(rgb)
+    assert context["medical"] is False and context["scan"] is None
+    bank = load_bank("detection")
+    # The industrial texts, byte for byte as they were before the medical branches.
+    assert bank.render(0, **context) == (
+        "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+    )
+    assert bank.render(5, **context) == (
+        "As a quality inspector, would you flag this bottle as defective? Reply with 'Yes' or 'No'."
+    )
+    mri = rgb.model_copy(update={"modality": "mri", "category": "brain"})
+    assert bank.render(5, **context_of(mri)) == (
+        "As a radiologist, would you report this MRI scan as abnormal? Reply with 'Yes' or 'No'."
+    )

@@ -163,3 +163,44 @@ def test_broken_banks_fail_at_load_with_their_file(tmp_path):
     (tmp_path / "object.j2").write_text("<image>\nWhat is it?\n")
     with pytest.raises(BankError, match="<image>"):
         load_bank("object", folder=tmp_path).render(0)
+
+
+# -- medical wording ----------------------------------------------------------------------
+
+MEDICAL = ["mri", "ct", "oct", "xray", "histopathology"]
+INDUSTRIAL_WORDS = ("defect", "inspector", "production", "product", "manufactur", "flaw")
+#: Paraphrases whose wording suits every image, kept the same for medical ones.
+NEUTRAL_ANSWERS = {("localisation", 1)}
+
+
+@pytest.mark.parametrize("modality", MEDICAL)
+def test_medical_images_get_their_own_wording_in_every_bank(modality):
+    for kind, samples in (("located", ["located"]), ("label_only", ["label_only"]),
+                          ("normal", ["normal"])):  # fmt: skip
+        medical = sample_of(samples[0], category="brain", modality=modality)
+        medical = medical.model_copy(update={"defect_types": []})  # BMAD names none
+        industrial = sample_of(samples[0], category="brain", modality="grey")
+        for bank_kind in ("questions", "answers"):
+            names = list_banks() if bank_kind == "questions" else ANSWERS_FOR[kind]
+            for name in names:
+                bank = load_bank(name, kind=bank_kind)
+                make = question_context if bank_kind == "questions" else answer_context
+                for index in range(len(bank)):
+                    text = bank.render(index, **make(medical))
+                    assert not any(word in text.lower() for word in INDUSTRIAL_WORDS), text
+                    if kind != "located":
+                        assert grid_words_in(text) == [] and "region" not in text, text
+                    if (name, index) not in NEUTRAL_ANSWERS:
+                        assert text != bank.render(index, **make(industrial)), (name, index)
+
+
+def test_each_modality_names_its_own_reader():
+    bank = load_bank("detection")
+    readers = {"mri": "radiologist", "xray": "radiologist", "oct": "ophthalmologist",
+               "histopathology": "pathologist"}  # fmt: skip
+    for modality, reader in readers.items():
+        context = question_context(sample_of("normal", category="retina", modality=modality))
+        texts = [bank.render(index, **context) for index in range(len(bank))]
+        assert any(f"As a {reader}," in text for text in texts), texts
+    effect = answer_context(sample_of("label_only", category="retina", modality="oct"))["effect"]
+    assert effect == "It may need assessment by an ophthalmologist."

@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adinstruct.builder.describe.knowledge import (
+    MEDICAL_MODALITIES,
+    MEDICAL_READERS,
+    MEDICAL_REPORTS,
+    MEDICAL_SCANS,
+)
 from adinstruct.builder.describe.template import (
     category_name,
     defect_mention,
@@ -70,10 +76,18 @@ class Phrasebook:
 
 
 def question_context(sample: Sample) -> dict[str, Any]:
+    """What questions may say. Banks branch on `medical`: a medical image is worded as its
+    specialist (`reader`: radiologist, ophthalmologist, pathologist) would word it, naming the
+    `scan` ("MRI scan") and the `report`; for other images these three are None."""
+    medical = sample.modality in MEDICAL_MODALITIES
     return {
         "category": category_name(sample.category),
         "modality": sample.modality,
         "image_word": "images" if sample.view_count > 1 else "image",
+        "medical": medical,
+        "scan": MEDICAL_SCANS.get(sample.modality) if medical else None,
+        "reader": MEDICAL_READERS.get(sample.modality) if medical else None,
+        "report": MEDICAL_REPORTS.get(sample.modality) if medical else None,
     }
 
 

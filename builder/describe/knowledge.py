@@ -196,8 +196,8 @@ MEDICAL_CAUSE = (
 )
 MEDICAL_EFFECT = "It may need assessment by a clinician."
 MEDICAL_PREVENTION = (
-    "Prevention is a clinical question that the image alone cannot answer; follow-up by a "
-    "specialist may be needed."
+    "How to prevent or follow it up is a clinical question that the image alone cannot answer; "
+    "review by a specialist, with the patient's history, may be needed."
 )
 
 #: What a normal image of each known category shows (MVTec AD, VisA, MVTec LOCO, MPDD,
@@ -258,3 +258,23 @@ def knowledge_for(defect_name: str) -> DefectKnowledge:
         if any(re.search(rf"\b{re.escape(keyword)}", text) for keyword in entry.keywords):
             return entry
     return GENERIC
+
+
+#: How a question names a medical image ("Is anything abnormal in this MRI scan?").
+MEDICAL_SCANS = {
+    "mri": "MRI scan", "ct": "CT scan", "oct": "OCT scan", "xray": "X-ray",
+    "histopathology": "histopathology image",
+}  # fmt: skip
+
+#: Who reads each kind of medical image, and what they write about it.
+MEDICAL_READERS = {
+    "mri": "radiologist", "ct": "radiologist", "xray": "radiologist", "oct": "ophthalmologist",
+    "histopathology": "pathologist",
+}  # fmt: skip
+MEDICAL_REPORTS = {
+    "mri": "radiology report", "ct": "radiology report", "xray": "radiology report",
+    "oct": "ophthalmology report", "histopathology": "pathology report",
+}  # fmt: skip
+
+#: The effect sentence with the specialist who reads the modality named.
+MEDICAL_EFFECT_BY_READER = "It may need assessment by {article} {reader}."

@@ -24,9 +24,11 @@ from adinstruct.builder.describe.knowledge import (
     GENERIC,
     MEDICAL_CAUSE,
     MEDICAL_EFFECT,
+    MEDICAL_EFFECT_BY_READER,
     MEDICAL_IMAGES,
     MEDICAL_MODALITIES,
     MEDICAL_PREVENTION,
+    MEDICAL_READERS,
     DefectKnowledge,
     knowledge_for,
 )
@@ -217,7 +219,7 @@ def object_phrase(category: str, modality: str = "rgb") -> str:
 def reasoning_sentences(names: list[str], modality: str = "rgb") -> tuple[str, str, str]:
     """(likely cause, effect, prevention) sentences, each worded as a possibility."""
     if modality in MEDICAL_MODALITIES:
-        return MEDICAL_CAUSE, MEDICAL_EFFECT, MEDICAL_PREVENTION
+        return MEDICAL_CAUSE, medical_effect(modality), MEDICAL_PREVENTION
     # One explanation per distinct entry: "scratch" and "small scratches" share one.
     entries: dict[str, tuple[str, DefectKnowledge]] = {}
     for name in names:
@@ -243,6 +245,14 @@ def reasoning_sentences(names: list[str], modality: str = "rgb") -> tuple[str, s
         sentence("could", "effect"),
         sentence("could be prevented by", "prevention"),
     )
+
+
+def medical_effect(modality: str) -> str:
+    """'It may need assessment by a radiologist.' (a clinician for a modality not listed)."""
+    reader = MEDICAL_READERS.get(modality)
+    if reader is None:
+        return MEDICAL_EFFECT
+    return MEDICAL_EFFECT_BY_READER.format(article=with_article(reader).split()[0], reader=reader)
 
 
 def grid_words_in(text: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.sources.base import SourceBuilder
+from adinstruct.builder.sources.bmad import BMAD_BUILDERS
 from adinstruct.builder.sources.folder import Folder
 from adinstruct.builder.sources.mvtec_ad import (
     BTAD,
@@ -17,7 +18,8 @@ from adinstruct.builder.sources.real_iad import RealIAD
 from adinstruct.builder.sources.visa import VisA
 
 _ALL: tuple[type[SourceBuilder], ...] = (
-    MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, Folder, SyntheticDemo, SyntheticDemoHoldout,
+    MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, *BMAD_BUILDERS, Folder, SyntheticDemo,
+    SyntheticDemoHoldout,
 )  # fmt: skip
 BUILDERS: dict[str, type[SourceBuilder]] = {builder.name: builder for builder in _ALL}
 
