@@ -360,6 +360,101 @@ def report(
     say(f"wrote {path}", quiet)
 
 
+@app.command()
+def sanity(
+    folder: Annotated[Path, typer.Argument(help="A built output folder.")],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="CLIP weights on disk: open_clip:ARCH@/path/weights.pt, "
+            "open_clip:ARCH@local-dir:/folder, or hf:/folder (save_pretrained)."
+        ),
+    ],
+    prompts: Annotated[
+        str,
+        typer.Option(
+            help="winclip (WinCLIP's static ensemble) or alfa (written by an LLM once per "
+            "category, cached in DIR/.cache/llm.sqlite3; winclip without OPENAI_API_KEY)."
+        ),
+    ] = "winclip",
+    model: Annotated[str | None, typer.Option(help="LLM for --prompts alfa.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images scored at once.")] = 32,
+    quiet: Quiet = False,
+) -> None:
+    """Score every sample with a CLIP zero-shot detector: metrics, and label and mask flags."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder: give the output folder of a build")
+    if prompts not in ("winclip", "alfa"):
+        raise ConfigError(f"--prompts must be winclip or alfa, got {prompts!r}")
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            "build-dataset sanity needs the detector extra: pip install 'adinstruct[detector]'"
+        ) from error
+    from adinstruct.builder.instruct import CACHE_FILE
+    from adinstruct.validators.detector.backbones import load_backbone
+    from adinstruct.validators.detector.prompt_engine import prompt_engine
+    from adinstruct.validators.detector.prompts import DEFAULT_PROMPT_MODEL
+    from adinstruct.validators.detector.sanity import run_sanity
+
+    loaded = load_backbone(backbone, batch_size=batch_size)
+    engine = None
+    if prompts == "alfa":
+        engine, note = prompt_engine(folder / CACHE_FILE)
+        if note:
+            say(f"note: {note}", quiet)
+    progress = progress_for(quiet)
+    try:
+        report = run_sanity(
+            folder, loaded, prompts=prompts, llm=engine, batch_size=batch_size,  # type: ignore[arg-type]
+            prompt_model=model or DEFAULT_PROMPT_MODEL, progress=progress, spec=backbone,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    print_sanity(report)
+    if report.manifest_note:
+        say(f"note: {report.manifest_note}", quiet)
+    say(f"{report.metrics.scored} images scored in {report.seconds:.1f} s "
+        f"({report.images_per_second:.2f} images/s on {report.metrics.device})", quiet)  # fmt: skip
+
+
+def print_sanity(report) -> None:
+    """The per-category table and the flag counts, on stdout: the command's result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def percent(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    metrics = report.metrics
+    table = Table(title=f"detector sanity of {report.folder.name} ({metrics.backbone}, "
+                  f"{metrics.prompts} prompts)")  # fmt: skip
+    for column in ("source", "category", "normal", "anomalous", "image AUROC", "AP", "F1-max",
+                   "pixel AUROC", "AUPRO", "flags"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("source", "category") else "right")
+    for row in metrics.categories:
+        table.add_row(
+            row.source, row.category, str(row.normal), str(row.anomaly),
+            percent(row.image_auroc), percent(row.average_precision), percent(row.f1_max),
+            percent(row.pixel_auroc), percent(row.aupro), str(sum(row.flags.values())),
+        )  # fmt: skip
+    mean = metrics.mean
+    table.add_section()
+    table.add_row(
+        "mean", f"{len(metrics.categories)} categories", "", "", percent(mean.image_auroc),
+        percent(mean.average_precision), percent(mean.f1_max), percent(mean.pixel_auroc),
+        percent(mean.aupro), str(sum(metrics.flags.values())),
+    )  # fmt: skip
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    counts = ", ".join(f"{code} {count}" for code, count in metrics.flags.items())
+    console.print(f"flags: {counts or 'none'} ({report.flags_path})")
+    console.print(f"metrics: {report.metrics_path}")
+    for note in metrics.notes:
+        console.print(f"note: {note}")
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"adinstruct {__version__}")

@@ -58,3 +58,8 @@ class Manifest(Record):
     )
     llm_usage: LLMUsage = Field(default_factory=LLMUsage)
     validation: dict[str, Any] | None = None
+    sanity: dict[str, Any] | None = Field(
+        default=None,
+        description="The detector sanity check's summary (build-dataset sanity): backbone, "
+        "prompts, mean metrics, flag counts; the details are in sanity/metrics.json.",
+    )

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 
+from detector_models import TINY_ARCH, TINY_OPEN_CLIP_CONFIG  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adinstruct.builder.errors import ConfigError  # noqa: E402
@@ -29,14 +30,8 @@ from adinstruct.validators.detector.backbones import (  # noqa: E402
     window_indices,
 )
 
-ARCH = "adinstruct-tiny-vit"
-#: A ViT of width 64, 2 layers, patch 16 at 64 px (a 4 × 4 grid), with a 2-layer text tower.
-#: The vocabulary is CLIP's, so open_clip's own BPE tokenizer (shipped in the wheel) serves.
-OPEN_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+ARCH = TINY_ARCH
+OPEN_CLIP_CONFIG = TINY_OPEN_CLIP_CONFIG
 GRID = (4, 4)
 TEXTS = [
     "a photo of a flawless bottle.",

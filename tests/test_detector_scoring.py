@@ -10,10 +10,8 @@ size. A map shifted by a patch, transposed, or scoring the wrong class loses its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -21,19 +19,23 @@ from scipy.stats import rankdata
 
 torch = pytest.importorskip("torch")
 
+from detector_models import (  # noqa: E402
+    ANOMALOUS,
+    ANOMALOUS_WORDS,
+    DIM,
+    NORMAL,
+    OTHER,
+    PATCH,
+    SIDE,
+    PlantedDefectBackbone,
+)
 from llm_standin import StandinServer, last_user_text  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adinstruct.builder.describe.cache import AnswerCache  # noqa: E402
 from adinstruct.builder.describe.engine import Engine, EngineConfig  # noqa: E402
 from adinstruct.builder.describe.pricing import PriceTable  # noqa: E402
-from adinstruct.validators.detector.backbones import (  # noqa: E402
-    Backbone,
-    ImageEncoding,
-    ImageInput,
-    load_backbone,
-    to_rgb,
-)
+from adinstruct.validators.detector.backbones import load_backbone  # noqa: E402
 from adinstruct.validators.detector.prompts import (  # noqa: E402
     ANOMALOUS_STATES,
     NORMAL_STATES,
@@ -55,10 +57,6 @@ from adinstruct.validators.detector.scoring import (  # noqa: E402
 
 KEY = "sk-test-detector-prompts"
 HEIGHT, WIDTH = 96, 128  # not the backbone's square input: maps must come back at this size
-SIDE, PATCH = 64, 8  # the hand-built backbone's input and patch size: an 8 × 8 grid
-NORMAL, ANOMALOUS, OTHER = 0, 1, 2  # directions of its 8-dimensional joint space
-DIM = 8
-ANOMALOUS_WORDS = re.compile(r"damaged|with (flaw|defect|damage)\b|crack")
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -67,79 +65,6 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     ranks = rankdata(scores)
     positives, negatives = labels.sum(), (~labels).sum()
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-class PlantedDefectBackbone(Backbone):
-    """Embeddings that say "anomalous" exactly where the image is red."""
-
-    name = "planted-defect"
-    grid = (SIDE // PATCH, SIDE // PATCH)
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.text_calls = 0
-
-    @staticmethod
-    def defectness(image: ImageInput) -> np.ndarray:
-        """(64, 64) in [0, 1]: how red each pixel of the squashed image is."""
-        pixels = np.asarray(to_rgb(image).resize((SIDE, SIDE), Image.BILINEAR), dtype=float)
-        return np.clip((pixels[..., 0] - pixels[..., 1]) / 150.0, 0.0, 1.0)
-
-    @staticmethod
-    def embed(fraction: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-        """Toward ANOMALOUS by the defect fraction, toward NORMAL by the rest, texture beside."""
-        vector = torch.zeros(*fraction.shape, DIM)
-        vector[..., NORMAL] = 1.0 - fraction
-        vector[..., ANOMALOUS] = fraction
-        vector[..., 3:] = texture.unsqueeze(-1) * torch.linspace(-0.2, 0.2, DIM - 3)
-        return vector
-
-    def encode_images(
-        self, images: Sequence[ImageInput], *, window_sizes: Sequence[int] = ()
-    ) -> ImageEncoding:
-        defect = torch.tensor(np.stack([self.defectness(image) for image in images]))
-        texture = defect.new_tensor(
-            np.stack(
-                [np.asarray(to_rgb(i).convert("L").resize((SIDE, SIDE))) / 255.0 for i in images]
-            )
-        )
-
-        # The mean over every k·PATCH-pixel square whose corner is on the patch grid: a
-        # window's fraction comes from its own pixels, not from the patch tokens.
-        def region_means(values: torch.Tensor, size: int) -> torch.Tensor:
-            pooled = torch.nn.functional.avg_pool2d(
-                values.unsqueeze(1), kernel_size=size * PATCH, stride=PATCH
-            )
-            return pooled.squeeze(1)
-
-        patches = self.embed(region_means(defect, 1), region_means(texture, 1))
-        windows = {
-            size: self.embed(region_means(defect, size), region_means(texture, size))
-            for size in window_sizes
-        }
-        # An image with 5% red is certainly defective: CLIP's CLS is that sensitive in spirit.
-        global_fraction = (defect.mean(dim=(1, 2)) * 20).clamp(max=1.0)
-        cls = self.embed(global_fraction, texture.mean(dim=(1, 2)))
-        sizes = [(to_rgb(image).height, to_rgb(image).width) for image in images]
-        return ImageEncoding(cls=cls, patches=patches, windows=windows, sizes=sizes)
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """A text reads as anomalous if it names a defect, "other" if a misprint, else normal."""
-        self.text_calls += 1
-        rows = []
-        for text in texts:
-            vector = torch.zeros(DIM)
-            if ANOMALOUS_WORDS.search(text):
-                vector[ANOMALOUS] = 1.0
-            elif "misprint" in text:
-                vector[OTHER] = 1.0
-            else:
-                vector[NORMAL] = 1.0
-            # Each prompt a little off its class direction, stably across runs.
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-            vector[3:] = torch.tensor(np.random.default_rng(seed).normal(0, 0.05, DIM - 3))
-            rows.append(vector)
-        return torch.stack(rows)
 
 
 def planted_images(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:

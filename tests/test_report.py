@@ -608,6 +608,53 @@ def test_images_and_masks_outside_the_folder_are_never_opened(demo, tmp_path):
     assert not ((pixels[:, 1] > 180) & (pixels[:, 0] < 60) & (pixels[:, 2] < 60)).any()
 
 
+def test_a_folder_with_a_sanity_result_shows_the_detector_section(tmp_path, devtools):
+    pytest.importorskip("torch")
+    from detector_models import PlantedDefectBackbone, build_folder, write_red_defect_tree
+
+    from adinstruct.validators.detector.sanity import run_sanity
+
+    folder = build_folder(write_red_defect_tree(tmp_path / "release").root, tmp_path / "out")
+    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    for sample in samples:  # two defect images called normal: two flags
+        if sample["id"] in ("mvtec_ad/bottle/test/paint/001", "mvtec_ad/tile/test/paint/004"):
+            sample["label"], sample["defect_types"] = "normal", []
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    report = run_sanity(folder, PlantedDefectBackbone())
+    assert report.flag_counts == {"normal_scores_high": 2}
+    html = write_report(folder).read_text(encoding="utf-8")
+    assert "No detector sanity check" not in html
+    assert html.count('<article class="flag-item"') == 2
+    devtools.open((folder / REPORT_FILE).as_uri())
+    assert devtools.problems() == []
+    section = devtools.evaluate("""(() => {
+        const block = document.querySelector('#sanity');
+        return {
+            rows: Array.from(block.querySelectorAll('tbody tr')).map(r => r.cells[1].textContent),
+            images: Array.from(block.querySelectorAll('img')).map(i => i.naturalWidth),
+            shown: block.querySelector('[data-shown]').textContent,
+            text: block.innerText,
+        };
+    })()""")
+    assert section["rows"][:2] == ["bottle", "tile"]  # then the mean row
+    # Each flag: the image with its mask outlined, and the map over it.
+    assert len(section["images"]) == 4 and all(width > 0 for width in section["images"])
+    assert section["shown"] == "2"
+    assert "normal_scores_high" in section["text"]
+    assert "labelled normal but scores" in section["text"]
+    assert "mvtec_ad/tile/test/paint/004" in section["text"]
+    folder_uri = folder.resolve().as_uri() + "/"
+    assert all(url.startswith(folder_uri) for url in devtools.requested_urls())
+
+
+def test_without_a_sanity_result_the_section_says_how_to_get_one(demo_report):
+    html = demo_report.read_text(encoding="utf-8")
+    section = html[html.index('<section id="sanity"') :]
+    assert "No detector sanity check in this folder" in section
+    assert "build-dataset sanity DIR --backbone" in section
+    assert "flag-item" not in section
+
+
 def test_the_page_references_no_web_address(demo_report):
     html = demo_report.read_text(encoding="utf-8")
     assert not re.search(r"https?://", html), re.findall(r"https?://\S{0,40}", html)

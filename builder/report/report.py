@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +53,7 @@ from adinstruct.builder.report.gallery import (
     gallery_items,
     write_thumbnail,
 )
+from adinstruct.builder.report.sanity import SanityView, draw_sanity_thumbnails, read_sanity
 from adinstruct.schemas import RLE
 from adinstruct.schemas.records import GRID_WORDS
 from adinstruct.validators.base import Finding, RawRecord
@@ -99,13 +100,15 @@ def write_report(folder: Path, *, gallery_size: int = 48, seed: int = 0) -> Path
     """
     root = Path(folder).resolve()
     files = find_records_files(root)
-    collected = collect(root, files, gallery_size, seed)
+    sanity = read_sanity(root)
+    collected = collect(root, files, gallery_size, seed, sanity.gallery_items())
     # Named by hand rather than by mkdtemp, whose 0700 mode would stay on report_files/.
     staging = root / f".{FILES_DIR}.{secrets.token_hex(6)}.tmp"
     staging.mkdir()
     try:
         draw_thumbnails(collected.gallery, root, staging)
-        html = render(root, collected)
+        draw_sanity_thumbnails(sanity, root, staging, FILES_DIR)
+        html = render(root, collected, sanity)
         replace_directory(staging, root / FILES_DIR)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -212,7 +215,15 @@ def label_of(anomaly: Any) -> str:
     return "anomaly" if anomaly is True else "normal" if anomaly is False else "unknown"
 
 
-def collect(root: Path, files: list[RecordsFile], gallery_size: int, seed: int) -> Collected:
+def collect(
+    root: Path,
+    files: list[RecordsFile],
+    gallery_size: int,
+    seed: int,
+    also_wanted: Sequence[GalleryItem] = (),
+) -> Collected:
+    """One pass over the folder; `also_wanted` items (the sanity section's) get their sample
+    facts filled in, as the gallery's do."""
     collected = Collected(files=files)
     sampler = GallerySampler(gallery_size, seed)
     ordered = sorted(
@@ -236,7 +247,7 @@ def collect(root: Path, files: list[RecordsFile], gallery_size: int, seed: int) 
         elif kind == "sample":
             if gallery is None:  # the records are all read: the gallery is chosen
                 gallery = gallery_items(sampler.chosen())
-                wanted_ids, wanted_images = index_gallery(gallery)
+                wanted_ids, wanted_images = index_gallery([*gallery, *also_wanted])
             add_sample(collected, raw.data, wanted_ids, wanted_images)
         elif kind == "quarantine_entry":
             add_quarantine_entry(collected.quarantine, raw.data)
@@ -489,6 +500,7 @@ def folder_parts(root: Path, collected: Collected, manifest: Any, validation: An
         Part(VALIDATION_FILE, validation is not None, "" if validation is not None else "absent"),
         Part("images/", (root / "images").is_dir(), "" if (root / "images").is_dir() else "absent"),
         Part("masks/", (root / "masks").is_dir(), "" if (root / "masks").is_dir() else "absent"),
+        Part("sanity/", (root / "sanity").is_dir(), "" if (root / "sanity").is_dir() else "absent"),
     ]  # fmt: skip
 
 
@@ -593,7 +605,7 @@ def inline_script() -> tuple[Markup, str]:
     return Markup(script), f"'sha256-{digest}'"
 
 
-def render(root: Path, collected: Collected) -> str:
+def render(root: Path, collected: Collected, sanity: SanityView | None = None) -> str:
     manifest, manifest_problem = read_document(root / MANIFEST_FILE)
     validation, validation_problem = read_document(root / VALIDATION_FILE)
     script, script_source = inline_script()
@@ -623,6 +635,7 @@ def render(root: Path, collected: Collected) -> str:
         quarantine_file=QUARANTINE_FILE in {f.path for f in collected.files},
         quarantine_rows=collected.quarantine.rows(),
         validation=validation_view(validation, manifest),
+        sanity=sanity or SanityView(present=False),
         max_rows=MAX_TABLE_ROWS,
         script=script,
         script_source=script_source,
