@@ -24,7 +24,13 @@ from adinstruct.builder.annotate import AnnotateStage
 from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
 from adinstruct.builder.annotate.hashing import PHASH_RECIPE
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
-from adinstruct.builder.compose.benchmark import BenchmarkPlan, plan_benchmark
+from adinstruct.builder.compose.benchmark import (
+    MMAD_FILE,
+    TEST_DATA_FILE,
+    VISA_DR_FILE,
+    BenchmarkPlan,
+    plan_benchmark,
+)
 from adinstruct.builder.describe.base import Describer
 from adinstruct.builder.describe.llm import OpenAIDescriber
 from adinstruct.builder.describe.pricing import DryRunEstimate, estimate_run
@@ -32,6 +38,8 @@ from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.gate import Gate, append_quarantine
 from adinstruct.builder.images import Placement, place_sample_files
 from adinstruct.builder.instruct import (
+    INSTRUCT_FILE,
+    MIXTURE_FILE,
     InstructConfig,
     make_describer,
     provenance,
@@ -371,6 +379,7 @@ def build(
     roots = {builder.name: builder.root for builder in builders}
     tallies = {builder.name: SourceTally() for builder in builders}
     engine = None
+    clear_stale_outputs(out, config.instruct)
     with (
         work_folder(out) as work,
         atomic_writer(out / QUARANTINE_FILE) as quarantine_handle,
@@ -408,6 +417,29 @@ def build(
     if config.validate_output:
         manifest = gate_build(out, manifest, tallies, builders, progress)
     return manifest
+
+
+#: What an earlier build into the same folder may have left that describes that build, not
+#: this one: validated against this build's records it would give false findings (an old
+#: benchmark against new training records), and the sanity scores are of the old samples.
+#: Images, masks, the LLM cache and a demo's synthetic sources stay: they are reused.
+STALE_WITHOUT_TRAINING = (INSTRUCT_FILE, MIXTURE_FILE)
+STALE_WITHOUT_BENCHMARK = (TEST_DATA_FILE, VISA_DR_FILE, MMAD_FILE)
+ALWAYS_STALE = ("sanity", VALIDATION_FILE)
+
+
+def clear_stale_outputs(out: Path, recipe: InstructConfig | None) -> None:
+    stale = list(ALWAYS_STALE)
+    if recipe is None or not recipe.trains:
+        stale += STALE_WITHOUT_TRAINING
+    if recipe is None or not recipe.benchmarks:
+        stale += STALE_WITHOUT_BENCHMARK
+    for name in stale:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def gate_build(

@@ -395,3 +395,17 @@ def test_an_llm_describes_training_and_benchmark_samples_once_and_templates_neve
     assert all(s.description is None for s in samples.values()
                if s.source == "visa" and s.split == "train")  # fmt: skip
     assert API_KEY not in (tmp_path / "manifest.json").read_text()
+
+
+def test_a_rebuild_without_the_benchmark_leaves_no_stale_benchmark_behind(releases, tmp_path):
+    visa, mvtec, _ = releases
+    run(visa, mvtec, tmp_path, recipes=BOTH)
+    (tmp_path / "sanity").mkdir()
+    (tmp_path / "sanity" / "metrics.json").write_text("{}")  # an old detector run's scores
+    manifest = run(visa, mvtec, tmp_path, recipes=["anomaly-instruct"])
+    assert not any((tmp_path / "benchmark").glob("*.json"))
+    assert not (tmp_path / "sanity").exists()
+    assert {o.path for o in manifest.outputs} == {
+        "samples.jsonl", "quarantine.jsonl", "instruct/anomaly_instruct.json",
+    }  # fmt: skip
+    assert validate_folder(tmp_path).error_count == 0
