@@ -4,9 +4,14 @@
 
 Builds the demo, repeats its instruction records (each with a fresh id) up to --records, and
 runs `build-dataset validate` on folders of a tenth and of all the records as subprocesses,
-reading their peak RSS from wait4. The floor is reading and parsing the same records file
-with the standard library in this process. Targets (issue 4): every validator together at
-25,000 records/s or more on one core, memory independent of the record count.
+reading their wall time, CPU time and peak RSS from wait4; the demo folder itself is
+validated first, which shows the fixed start-up (imports, compiling the schemas, decoding every
+image once) that the rates include. The floor is reading and parsing the same records file
+with the standard library, in a subprocess of its own: wait4's peak of a child counts the
+peak of the process that spawned it (a child starts as its copy), so the bench itself never
+holds the records, and prints its own peak, below which no child's figure can read. Targets
+(issue 4): every validator together at 25,000 records/s or more on one core, and memory
+independent of the record count (the peak at all the records within 10% of the tenth's).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +28,7 @@ import time
 from pathlib import Path
 
 TARGET_RECORDS_PER_S = 25_000
+RECORDS_FILE = Path("instruct") / "anomaly_instruct.json"
 
 
 def script() -> list[str]:
@@ -36,7 +43,7 @@ def script() -> list[str]:
 def make_folder(base: Path, demo: Path, records: int) -> Path:
     folder = base / f"records-{records}"
     shutil.copytree(demo, folder, symlinks=True)
-    path = folder / "instruct" / "anomaly_instruct.json"
+    path = folder / RECORDS_FILE
     originals = json.loads(path.read_text(encoding="utf-8"))
     with path.open("w", encoding="utf-8") as handle:
         handle.write("[")
@@ -50,44 +57,66 @@ def make_folder(base: Path, demo: Path, records: int) -> Path:
 
 
 def floor_seconds(folder: Path) -> float:
+    """json.loads of the records file and one pass over it, timed in a subprocess."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--floor", str(folder / RECORDS_FILE)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(done.stdout)
+
+
+def floor_in_this_process(path: Path) -> float:
     started = time.perf_counter()
-    records = json.loads((folder / "instruct" / "anomaly_instruct.json").read_text("utf-8"))
+    records = json.loads(path.read_text("utf-8"))
     sum(len(r["conversations"]) for r in records)
     return time.perf_counter() - started
 
 
-def run_validate(folder: Path) -> tuple[float, float, int]:
+def run_validate(folder: Path) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds (user + system), peak RSS in MB, exit status."""
     started = time.perf_counter()
     process = subprocess.Popen([*script(), "validate", str(folder), "--quiet"])
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
-    return seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)  # the floor's subprocess
     options = parser.parse_args()
+    if options.floor is not None:
+        print(floor_in_this_process(options.floor))
+        return
     base = Path(tempfile.mkdtemp(prefix="adinstruct-bench-validate-", dir=options.workdir))
     try:
         demo = base / "demo"
         subprocess.run([*script(), "demo", "--out", str(demo), "--quiet"], check=True)
         print(f"{'records':>9} {'floor s':>8} {'validate s':>11} {'records/s':>10} "
-              f"{'ratio':>6} {'peak MB':>8}")  # fmt: skip
-        peaks = []
-        rates = []
+              f"{'ratio':>6} {'cpu s':>6} {'records/cpu-s':>13} {'peak MB':>8}")  # fmt: skip
+        demo_records = len(json.loads((demo / RECORDS_FILE).read_text(encoding="utf-8")))
+        seconds, cpu, peak_mb, code = run_validate(demo)
+        print(f"{demo_records:>9} {'':>8} {seconds:>11.2f} {'':>10} {'':>6} {cpu:>6.2f} "
+              f"{'':>13} {peak_mb:>8.1f}   (the demo itself: start-up; exit {code})")  # fmt: skip
+        peaks, rates = [], []
         for count in (options.records // 10, options.records):
             folder = make_folder(base, demo, count)
             floor = floor_seconds(folder)
-            seconds, peak_mb, code = run_validate(folder)
+            seconds, cpu, peak_mb, code = run_validate(folder)
             rate = count / seconds
             peaks.append(peak_mb)
             rates.append(rate)
             print(f"{count:>9} {floor:>8.2f} {seconds:>11.2f} {rate:>10,.0f} "
-                  f"{seconds / floor:>6.1f} {peak_mb:>8.1f}   (exit {code})")  # fmt: skip
+                  f"{seconds / floor:>6.1f} {cpu:>6.2f} {count / cpu:>13,.0f} {peak_mb:>8.1f}"
+                  f"   (exit {code})")  # fmt: skip
             shutil.rmtree(folder)
-        print("floor: json.loads of the records file and one pass over it; ratio: validate/floor")
+        print("floor: json.loads of the records file and one pass over it; ratio: validate/floor;"
+              " cpu s: the validate process's user + system time")  # fmt: skip
+        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"the bench's own peak: {own_peak:.0f} MB (no child's peak can read lower)")
         rate_met = "MET" if rates[-1] >= TARGET_RECORDS_PER_S else "MISSED"
         print(f"target {TARGET_RECORDS_PER_S:,} records/s at {options.records:,}: "
               f"{rates[-1]:,.0f}  {rate_met}")  # fmt: skip

@@ -296,6 +296,10 @@ def codes(facts: SampleFacts, *gpt: str) -> list[str]:
         (NORMAL, ["No, the juice bottle looks fine; the label at the top is straight."]),
         (NORMAL, ["The bottle shows no sign of a misplaced label top defect."]),
         (NORMAL, ["No. Nothing abnormal is visible.", "It is a juice bottle (filled)."]),
+        # An empty answer is the conversation check's empty_turn (test_validators_basic), not
+        # a second finding here.
+        (LOCO, ["Yes.", ""]),
+        (LOCO, ["", "Yes, in the bottom left."]),
     ],
 )
 def test_free_text_that_agrees_with_the_facts_passes(facts, gpt):
@@ -313,7 +317,6 @@ def test_free_text_that_agrees_with_the_facts_passes(facts, gpt):
         (NORMAL, ["No, but it has one region that stands out."], ["count_mismatch"]),
         (LOCO, ["Yes, it has a broken defect."], ["unknown_defect_name"]),
         (LOCO, ["Yes, it has a bubble defect."], ["unknown_defect_name"]),
-        (LOCO, ["Yes.", ""], ["empty_answer"]),
         (LOCO, ['Yes, the label reads "Orange juice.'], ["truncated_answer"]),
     ],
 )
@@ -334,3 +337,37 @@ def test_boilerplate_counts_stay_bounded_and_never_overstate():
     count = int(finding.message.split("at least ")[1].split()[0])
     # Misra-Gries: at most added / (capacity + 1) below the true 1000.
     assert 1000 - 2000 / 9 <= count <= 1000
+
+
+def test_each_distinct_answer_is_read_once_in_caches_of_a_fixed_size():
+    validator = GroundingValidator(cache_size=16)
+    context = context_with(NORMAL, set())
+    for index in range(500):
+        text = "No, it is normal." if index % 2 == 0 else f"No, object {index} is normal."
+        record = record_for(NORMAL, text, family="detection")
+        assert list(validator.check(record, "x.json", context)) == []
+    answers = validator.checked.cache_info()
+    assert answers.currsize <= 16 and answers.hits >= 249  # the repeated answer: read once
+    assert validator.subject.cache_info().currsize == 1  # one sample, one subject
+
+
+def test_an_answer_read_once_flags_every_record_that_gives_it():
+    validator = GroundingValidator()
+    context = context_with(LOCO, {"misplaced_label_top"})
+    flagged = []
+    for index in range(3):
+        record = record_for(LOCO, "Yes, in the top right of the image.")
+        record = record.model_copy(update={"id": f"record {index}"})
+        flagged += [(f.record_id, f.code) for f in validator.check(record, "x.json", context)]
+    assert flagged == [(f"record {index}", "location_mismatch") for index in range(3)]
+    assert validator.checked.cache_info().hits == 2
+
+
+def test_a_sample_added_to_the_context_later_is_checked_against():
+    validator = GroundingValidator()
+    context = FolderContext(root=Path("."))
+    record = record_for(LOCO, "Yes, in the top right of the image.")
+    assert list(validator.check(record, "x.json", context)) == []  # no facts: no location check
+    context.samples[LOCO.sample_id] = LOCO
+    codes = [f.code for f in validator.check(record, "x.json", context)]
+    assert codes == ["location_mismatch"]

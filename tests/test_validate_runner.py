@@ -243,6 +243,68 @@ def test_json_stream_reports_the_line_and_column_json_loads_reports(damage):
         )  # fmt: skip
 
 
+def test_instruction_records_read_through_the_model_hold_what_json_loads_reads(folder):
+    """The reader validates instruction records with the model and parses their JSON only on
+    demand; whatever a line holds, the record's data, model and verdict are as if read apart."""
+    from adinstruct.validators.base import validate_strictly
+    from adinstruct.validators.folder import find_records_files, iter_records
+
+    def plant(records):
+        records[3]["metadata"]["anomaly"] = "yes"  # the model rejects these, the JSON is fine
+        records[5]["image"] = 7
+        records[6]["metadata"]["colour"] = "red"
+        records[4]["conversations"][0]["speaker"] = "human"  # by alias only, the model takes it
+
+    records = rewrite_records(folder, lambda records: None)
+    plant(records)
+    lines = [json.dumps(record) for record in records]
+    lines[20] = json.dumps(records[20], indent=2)  # from here on the stdlib's scanner reads
+    (folder / INSTRUCT_FILE).write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
+    files = [f for f in find_records_files(folder) if f.kind == "instruction_record"]
+    read = list(iter_records(folder, files, report=pytest.fail))
+    assert [raw.data for raw in read] == records
+    for raw in read:
+        assert raw.data == json.loads(raw.text)
+        model, error = validate_strictly(raw.kind, raw.text)
+        assert (raw.model() is None) == (model is None) == (raw.index in (3, 5, 6))
+        if model is not None:
+            assert raw.model() == model and raw.record_id == records[raw.index]["id"]
+        else:
+            assert raw.model_error.errors() == error.errors()
+            assert raw.record_id == records[raw.index]["id"]
+
+
+def test_a_json_lines_instruct_file_gets_the_findings_of_the_json_list(folder):
+    def plant(records):
+        records[1]["conversations"][1]["value"] = ""
+        records[2]["metadata"]["anomaly"] = "yes"
+        records[3]["image"] = "demo/capsule/test/crack/999.png"
+
+    records = rewrite_records(folder, plant)
+    as_list = validate_folder(folder)
+    (folder / INSTRUCT_FILE).unlink()
+    jsonl = (folder / INSTRUCT_FILE).with_suffix(".jsonl")
+    jsonl.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    as_lines = validate_folder(folder)
+
+    def found(report):
+        return sorted((f.validator, f.code, f.record_id) for f in report.findings)
+
+    assert found(as_lines) == found(as_list)
+    assert {f.code for f in as_list.findings} >= {"empty_turn", "wrong_type", "missing_image"}
+
+
+def test_every_schema_the_check_compiles_is_a_valid_draft_2020_12_schema():
+    """The schema check compiles the exported schemas without checking them against the
+    metaschema (a tenth of a second per kind, every run); this checks them, once."""
+    from jsonschema import Draft202012Validator
+
+    from adinstruct.validators.schema_check import SCHEMA_STEMS, compile_schema
+
+    for kind in SCHEMA_STEMS:
+        Draft202012Validator.check_schema(compile_schema(kind).schema)
+
+
 # -- the schema check's premise ---------------------------------------------------------
 
 

@@ -133,6 +133,19 @@ def test_broken_conversations_get_one_precise_finding_each(folder):
     assert sorted(codes_of_swapped) == ["first_turn_not_human"]
 
 
+def test_an_empty_answer_is_reported_once_as_the_conversation_checks_empty_turn(folder):
+    records = read_records(folder)
+    emptied, blank = records[2], records[3]
+    emptied["conversations"][1]["value"] = ""
+    blank["conversations"][1]["value"] = " \n "
+    write_records(folder, records)
+    (folder / "manifest.json").unlink()  # its checksums describe the original bytes
+    report = validate_folder(folder)  # every registered validator, grounding included
+    for record in (emptied, blank):
+        mine = [(f.validator, f.code) for f in report.findings if f.record_id == record["id"]]
+        assert mine == [("conversation", "empty_turn")]
+
+
 def test_a_conversation_the_model_cannot_even_read_still_gets_precise_findings(folder):
     records = read_records(folder)
     record = records[40]
@@ -363,3 +376,41 @@ def test_the_quick_conversation_path_agrees_with_the_full_check():
         assert quick or full, data
         quick_passed += quick
     assert quick_passed > 20
+
+
+def test_the_quick_path_on_the_model_agrees_with_the_quick_path_on_the_json():
+    """A record the model accepts is passed from the model (`record_follows_every_rule`): it
+    must decide as `follows_every_rule` does on the same record's JSON."""
+    import random
+
+    from adinstruct.schemas import InstructionRecord
+    from adinstruct.validators.base import validate_strictly
+    from adinstruct.validators.conversation import follows_every_rule, record_follows_every_rule
+
+    rng = random.Random(1)
+    values = ["Is it defective?", "", "  ", " padded", "padded ", "x <image>", "<image>x", "ok"]
+    images = ["demo/a.png", ["demo/a.png", "demo/b.png"], [], ["demo/c.png"] * 16]
+    accepted = passed = 0
+    for _ in range(3000):
+        image = rng.choice(images)
+        count = len(image) if isinstance(image, list) else 1
+        turns = []
+        for index in range(rng.choice([2, 2, 4, 6])):
+            value = rng.choice(values)
+            if index == 0 and rng.random() < 0.8:
+                value = "<image>\n" * rng.choice([count, count, 1, 2]) + value
+            turns.append({"from": ("human", "gpt")[index % 2], "value": value})
+        data = {
+            "id": "r", "image": image, "conversations": turns,
+            "metadata": {"anomaly": False, "source": "demo", "category": "capsule",
+                         "sample_id": "s", "task_family": "detection"},
+        }  # fmt: skip
+        model, _ = validate_strictly("instruction_record", json.dumps(data))
+        if model is None:
+            continue
+        assert isinstance(model, InstructionRecord)
+        accepted += 1
+        quick = record_follows_every_rule(model)
+        assert quick == follows_every_rule(data), data
+        passed += quick
+    assert accepted > 1000 and passed > 20

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import from_json
 
 from adinstruct.schemas import (
     DetectionItem,
@@ -74,27 +75,67 @@ RECORD_MODELS: dict[str, type[BaseModel]] = {
 }
 
 _UNSET: Any = object()
+#: `RawRecord(data=UNPARSED)`: parse the text when a check first asks for the data.
+UNPARSED: Any = _UNSET
 
 
-@dataclass(slots=True, eq=False)
+#: How records meet their models: strictly (no "1" for 1, no "true" for true) and by alias only
+#: ("from", never "speaker"), so that a model accepts nothing the exported JSON Schema rejects.
+STRICTLY: dict[str, Any] = {"strict": True, "by_alias": True, "by_name": False}
+
+
+def validate_strictly(kind: str, text: str) -> tuple[BaseModel | None, ValidationError | None]:
+    """The record's JSON text through its model: the model, or None and why it was rejected."""
+    try:
+        validator = RECORD_MODELS[kind].__pydantic_validator__
+        return validator.validate_json(text, **STRICTLY), None
+    except ValidationError as error:
+        return None, error
+
+
 class RawRecord:
-    """One record as it stands in its file: parsed JSON, not yet trusted to fit its model."""
+    """One record as it stands in its file: its JSON text, not yet trusted to fit its model.
 
-    kind: str  # a key of RECORD_MODELS
-    file: str  # relative to the folder, POSIX
-    index: int  # 0-based position among the file's records
-    data: Any  # the parsed JSON value (usually a dict, but a hand-edited file may hold anything)
-    text: str  # its JSON text as written in the file
-    line: int | None = None  # 1-based line, for JSON-lines files
-    key: str | None = None  # its key, for records that are values of a JSON object (mmad.json)
-    _model: Any = _UNSET
-    _model_error: ValidationError | None = None
+    Both the parsed JSON (`data`) and the model are made on first use, and only once: most
+    instruction records pass their checks from the model alone, so their JSON is never also
+    parsed into plain dicts (a second parse would cost a fifth of the validate budget). A
+    reader that parsed the text already passes `data`, or the model it validated.
+    """
+
+    __slots__ = ("_data", "_model", "_model_error", "file", "index", "key", "kind", "line", "text")
+
+    def __init__(
+        self,
+        kind: str,  # a key of RECORD_MODELS
+        file: str,  # relative to the folder, POSIX
+        index: int,  # 0-based position among the file's records
+        data: Any = UNPARSED,  # the parsed JSON value (usually a dict; a hand-edited file
+        # may hold anything), or UNPARSED to parse `text` when a check first asks
+        text: str = "",  # its JSON text as written in the file
+        line: int | None = None,  # 1-based line, for JSON-lines files
+        key: str | None = None,  # its key, for records that are values of a JSON object
+        model: Any = _UNSET,  # the validated model (None: rejected, see model_error)
+        model_error: ValidationError | None = None,
+    ) -> None:
+        self.kind, self.file, self.index, self.text = kind, file, index, text
+        self.line, self.key = line, key
+        self._data, self._model, self._model_error = data, model, model_error
+
+    @property
+    def data(self) -> Any:
+        """The parsed JSON value of the record."""
+        if self._data is _UNSET:
+            self._data = from_json(self.text)
+        return self._data
 
     @property
     def record_id(self) -> str | None:
         """The id a person would search for: `id`, else the key, sample id or image path."""
         if self.key is not None:
             return self.key
+        model = self._model
+        if model is not _UNSET and model is not None and self.kind == "instruction_record":
+            return model.id  # type: ignore[no-any-return]  # what data["id"] holds
         data = self.data
         if not isinstance(data, dict):
             return None
@@ -116,26 +157,19 @@ class RawRecord:
         return f"{self.file} record {self.index + 1}"
 
     def model(self) -> BaseModel | None:
-        """The record as its model, or None when the model rejects it (see `model_error`).
-
-        Validated once, however many validators ask: strictly (no "1" for 1, no "true" for
-        true) and by alias only ("from", never "speaker"), so that the model accepts nothing
-        that the exported JSON Schema rejects.
-        """
+        """The record as its model, or None when the model rejects it (see `model_error`);
+        validated once (`validate_strictly`), however many validators ask."""
         if self._model is _UNSET:
-            try:
-                validator = RECORD_MODELS[self.kind].__pydantic_validator__
-                self._model = validator.validate_json(
-                    self.text, strict=True, by_alias=True, by_name=False
-                )
-            except ValidationError as error:
-                self._model, self._model_error = None, error
+            self._model, self._model_error = validate_strictly(self.kind, self.text)
         return self._model
 
     @property
     def model_error(self) -> ValidationError | None:
         self.model()
         return self._model_error
+
+    def __repr__(self) -> str:
+        return f"RawRecord({self.kind}, {self.where})"
 
 
 @dataclass

@@ -1,14 +1,17 @@
 """The conversation check: LLaVA-OneVision's rules for the turns of every instruction record.
 
-Read from the raw JSON, not the model, so that a record the model rejects as a whole ("turn 3
-is from 'human'") still gets one precise finding per broken rule. Rules (errors, since the
-trainer mis-reads or drops such a record): human first, then strictly alternating human/gpt,
-an even count of at least 2, exactly one `<image>` token per image in the first human turn
-and none in any other, no empty (or whitespace-only) turn, and an image in every record
+Findings are read from the raw JSON, not the model, so that a record the model rejects as a
+whole ("turn 3 is from 'human'") still gets one precise finding per broken rule. Rules (errors,
+since the trainer mis-reads or drops such a record): human first, then strictly alternating
+human/gpt, an even count of at least 2, exactly one `<image>` token per image in the first human
+turn and none in any other, no empty (or whitespace-only) turn, and an image in every record
 (Anomaly-OV's loader needs one). Style (warnings): the tokens at the front of the turn, each
 followed by a newline, where LLaVA-OneVision moves a lone token anyway; no leading or trailing
 whitespace. Benchmark chats get the rules that apply to them: no empty question or answer, as
 many reference answers as questions, and an MMAD answer letter that is one of the options.
+
+Almost every record breaks no rule, and is passed by a quick test of the model the reader
+validated (`record_follows_every_rule`): its raw JSON is parsed only when some rule is broken.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from adinstruct.schemas import InstructionRecord
 from adinstruct.validators.base import Finding, FolderContext, RawRecord, Validator
 
 #: The token LLaVA-OneVision replaces with the image features (as compose writes it).
@@ -37,8 +41,9 @@ _PREFIXES = tuple(f"{IMAGE_TOKEN}\n" * count for count in range(16))
 
 
 def follows_every_rule(data: dict[str, Any]) -> bool:
-    """True when the record breaks no rule (style included): the cheap path that almost every
-    record takes. False only sends the record to the full check, which says what is wrong."""
+    """True when the record breaks no rule (style included): the cheap path that a record the
+    model rejects takes first. False only sends the record to the full check, which says what
+    is wrong."""
     try:
         image, turns = data["image"], data["conversations"]
         if type(image) is str:
@@ -48,30 +53,47 @@ def follows_every_rule(data: dict[str, Any]) -> bool:
         else:
             return False
         count = len(turns)
-        if count < 2 or count % 2 or not 0 < images < len(_PREFIXES):
+        if count < 2 or count % 2:
             return False
+        values = []
         for index in range(count):
             turn = turns[index]
             value = turn["value"]
             if type(value) is not str or turn["from"] != SPEAKERS[index % 2]:
                 return False
-            if index == 0:
-                prefix = _PREFIXES[images]
-                if not value.startswith(prefix) or value.count(IMAGE_TOKEN) != images:
-                    return False
-                # After its tokens the first turn may hold nothing (an image-only prompt).
-                text = value[len(prefix) :]
-                stripped = text.strip()
-                if stripped and stripped != text:
-                    return False
-                continue
-            if IMAGE_TOKEN in value:
-                return False
-            stripped = value.strip()
-            if not stripped or stripped != value:
-                return False
+            values.append(value)
     except (KeyError, TypeError, IndexError):
         return False
+    return values_follow_every_rule(images, values)
+
+
+def record_follows_every_rule(record: InstructionRecord) -> bool:
+    """`follows_every_rule` for a record the model accepted, which holds the values as written
+    and guarantees the order: human first, alternating, an even count of at least 2."""
+    image = record.image
+    return values_follow_every_rule(
+        1 if type(image) is str else len(image), [turn.value for turn in record.conversations]
+    )
+
+
+def values_follow_every_rule(images: int, values: list[str]) -> bool:
+    """The rules on the turns' texts, for turns in a valid order."""
+    if not 0 < images < len(_PREFIXES):
+        return False
+    first, prefix = values[0], _PREFIXES[images]
+    if not first.startswith(prefix) or first.count(IMAGE_TOKEN) != images:
+        return False
+    # After its tokens the first turn may hold nothing (an image-only prompt).
+    text = first[len(prefix) :]
+    stripped = text.strip()
+    if stripped and stripped != text:
+        return False
+    for value in values[1:]:
+        if IMAGE_TOKEN in value:
+            return False
+        stripped = value.strip()
+        if not stripped or stripped != value:
+            return False
     return True
 
 
@@ -84,6 +106,10 @@ class ConversationValidator(Validator):
     raw_kinds = frozenset({"instruction_record", "reasoning_item", "mmad_item"})
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
+        if raw.kind == "instruction_record":
+            record = raw.model()
+            if record is not None and record_follows_every_rule(record):  # type: ignore[arg-type]
+                return ()
         data = raw.data
         if not isinstance(data, dict):
             return ()  # not a record at all: the schema check says so

@@ -7,6 +7,10 @@ pydantic-core's JSON parser, twice as fast as the stdlib's; at the first line th
 whole record (a pretty-printed or hand-edited file) reading hands over, from that line on, to a
 sliding buffer decoded with the stdlib's scanner. Either way a file that does not parse becomes
 one schema finding naming the file, line and column.
+
+Instruction records (the files that hold 100k of them) are read the other way round: each line
+goes straight through the model, which parses it once, and the plain JSON is made only for a
+check that asks for it (`RawRecord.data`): a record the model accepts is checked from the model.
 """
 
 from __future__ import annotations
@@ -15,13 +19,23 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from adinstruct.builder.errors import AdinstructError
-from adinstruct.validators.base import Finding, FolderContext, RawRecord, SampleFacts
+from adinstruct.validators.base import (
+    RECORD_MODELS,
+    STRICTLY,
+    UNPARSED,
+    Finding,
+    FolderContext,
+    RawRecord,
+    SampleFacts,
+)
 
 MANIFEST_FILE = "manifest.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -42,6 +56,8 @@ CHUNK_CHARS = 1 << 20
 MAX_RECORD_CHARS = 64 << 20
 
 Report = Callable[[Finding], None]
+#: Kinds whose lines are read through their model first (see the module docstring).
+MODEL_FIRST_KINDS = frozenset({"instruction_record"})
 
 
 class FolderError(AdinstructError):
@@ -110,10 +126,50 @@ def parse_finding(file: str, problem: str) -> Finding:
     )  # fmt: skip
 
 
+#: What a line holds: its parsed JSON value, or for a kind of MODEL_FIRST_KINDS the pair
+#: (model, error) that `validate_strictly` made of it (JSON never parses to a tuple); None when
+#: the line is not one whole JSON value (for a list: one object), so the stdlib's reader decides.
+LineReader = Callable[[str], Any]
+
+
+def json_object(line: str) -> Any:
+    try:
+        value = from_json(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def model_reader(kind: str) -> LineReader:
+    """Lines through the model of `kind`, as `validate_strictly` does: a JSON syntax error (the
+    one error pydantic then reports) says the line is not one whole value; any other error is
+    the model's verdict."""
+    validate = partial(RECORD_MODELS[kind].__pydantic_validator__.validate_json, **STRICTLY)
+
+    def read(line: str) -> tuple[BaseModel | None, ValidationError | None] | None:
+        try:
+            return validate(line), None
+        except ValidationError as error:
+            if error.errors(include_url=False)[0]["type"] == "json_invalid":
+                return None
+            return None, error
+
+    return read
+
+
+def make_record(
+    kind: str, file: str, index: int, value: Any, text: str, line: int | None = None
+) -> RawRecord:
+    if type(value) is tuple:  # validated by a model reader; the JSON is parsed when asked for
+        return RawRecord(kind, file, index, UNPARSED, text, line, None, *value)
+    return RawRecord(kind, file, index, value, text, line)
+
+
 def _records_of(handle: IO[str], records_file: RecordsFile, report: Report) -> Iterator[RawRecord]:
     file, kind = records_file.path, records_file.kind
+    model_first = kind in MODEL_FIRST_KINDS
     if records_file.layout == "jsonl":
-        yield from _jsonl_records(handle, file, kind, report)
+        yield from _jsonl_records(handle, file, kind, report, model_first)
         return
     stream = JsonStream(handle)
     try:
@@ -121,8 +177,9 @@ def _records_of(handle: IO[str], records_file: RecordsFile, report: Report) -> I
             value, text = stream.document()
             yield RawRecord(kind=kind, file=file, index=0, data=value, text=text)
         elif records_file.layout == "list":
-            for index, (value, text) in enumerate(list_items(handle)):
-                yield RawRecord(kind=kind, file=file, index=index, data=value, text=text)
+            read_line = model_reader(kind) if model_first else json_object
+            for index, (value, text) in enumerate(list_items(handle, read_line)):
+                yield make_record(kind, file, index, value, text)
         else:
             for index, (key, value, text) in enumerate(stream.object_items()):
                 yield RawRecord(kind=kind, file=file, index=index, data=value, text=text, key=key)
@@ -138,28 +195,34 @@ def _records_of(handle: IO[str], records_file: RecordsFile, report: Report) -> I
         ))  # fmt: skip
 
 
-def _jsonl_records(handle: IO[str], file: str, kind: str, report: Report) -> Iterator[RawRecord]:
+def _jsonl_records(
+    handle: IO[str], file: str, kind: str, report: Report, model_first: bool
+) -> Iterator[RawRecord]:
+    read_line = model_reader(kind) if model_first else None
     index = 0
     for number, line in enumerate(handle, 1):
         text = line.strip()
         if not text:
             continue
-        try:
-            value = from_json(text)
-        except ValueError:
-            try:  # the stdlib's message and column, which people know
-                value = json.loads(text)
-            except json.JSONDecodeError as error:
-                report(parse_finding(file, f"line {number} is not valid JSON: {error.msg} at "
-                                     f"column {error.colno}"))  # fmt: skip
-                continue
-        yield RawRecord(kind=kind, file=file, index=index, data=value, text=text, line=number)
+        value = read_line(text) if read_line is not None else None
+        if value is None:
+            try:
+                value = from_json(text)
+            except ValueError:
+                try:  # the stdlib's message and column, which people know
+                    value = json.loads(text)
+                except json.JSONDecodeError as error:
+                    report(parse_finding(file, f"line {number} is not valid JSON: {error.msg} "
+                                         f"at column {error.colno}"))  # fmt: skip
+                    continue
+        yield make_record(kind, file, index, value, text, line=number)
         index += 1
 
 
-def list_items(handle: IO[str]) -> Iterator[tuple[Any, str]]:
+def list_items(handle: IO[str], read_line: LineReader = json_object) -> Iterator[tuple[Any, str]]:
     """The elements of a JSON list, with their text: a line at a time while each line holds one
-    whole record (as the build writes them), through `JsonStream` from the first that does not."""
+    whole record (as the build writes them), through `JsonStream` from the first that does not.
+    A line's element is what `read_line` makes of it; the scanner's are plain JSON values."""
     first = handle.readline()
     if first.strip() != "[":
         yield from JsonStream(handle, text=first).list_items()
@@ -176,11 +239,8 @@ def list_items(handle: IO[str]) -> Iterator[tuple[Any, str]]:
             return
         record = body[:-1] if body.endswith(",") else body
         if state != "after" and record.startswith("{"):
-            try:
-                value = from_json(record)
-            except ValueError:
-                value = None  # not one whole record on this line: let the scanner decide
-            if isinstance(value, dict):
+            value = read_line(record)
+            if value is not None:  # else not one whole record on this line: the scanner decides
                 yield value, record
                 state = "element" if record is not body else "after"
                 continue

@@ -11,9 +11,10 @@ flags only a clear contradiction and lets anything it cannot parse pass.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from adinstruct.builder.describe.template import (
     UNNAMED,
@@ -276,7 +277,7 @@ def truncation(text: str) -> str | None:
 # -- names of a category ------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: one per (source, category) and run, a cache key
 class Vocabulary:
     """The names of one (source, category): to search for as claims, and to blank out."""
 
@@ -328,26 +329,50 @@ class HeavyHitters:
         return [(key, n) for key, n in self.counts.items() if n > share * self.records]
 
 
-@dataclass(slots=True)
-class _Answer:
-    index: int  # of the turn in the conversation
-    text: str
-    lowered: str
+#: A finding to be, before it knows its record: (severity, code, message).
+Spec = tuple[Severity, str, str]
 
 
-@dataclass(slots=True)
-class _View:
-    """One record and what it is checked against."""
+@dataclass(eq=False, slots=True)  # hashed by identity (a cache key): one per distinct value
+class _Subject:
+    """What an answer is checked against, all its findings depend on but its text: the facts
+    and names that samples share (the normal ones of a category share one subject, so that a
+    bank's phrasing is read once for all of them)."""
 
-    record: InstructionRecord
-    file: str
-    facts: SampleFacts | None
     vocabulary: Vocabulary
+    source: str  # the record's metadata, as the messages name it
+    category: str
     anomaly: bool
+    known: bool  # the sample is in samples.jsonl, so its facts can be checked
+    located: bool  # it has a mask with regions in grid cells, so locations can be checked
+    grid_cells: tuple[str, ...]
+    region_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One answer, checked: its findings, the label findings (first answers only), and the
+    digest it is counted under for boilerplate (None for an empty answer)."""
+
+    specs: tuple[Spec, ...]
+    label: tuple[Spec, ...]
+    vote: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedRecord:
+    """The answers of one record, checked: every finding in order, and the (digest, turn) of
+    each distinct answer, to count for boilerplate."""
+
+    specs: tuple[Spec, ...]
+    votes: tuple[tuple[int, int], ...]
 
 
 class GroundingValidator(Validator):
-    """Every claim of the gpt turns against the sample facts, and answer hygiene."""
+    """Every claim of the gpt turns against the sample facts, and answer hygiene.
+
+    An empty answer is the conversation check's `empty_turn`, so it gets no finding here.
+    """
 
     name = "grounding"
 
@@ -357,46 +382,100 @@ class GroundingValidator(Validator):
         boilerplate_share: float = 0.25,
         boilerplate_min_records: int = 20,
         boilerplate_capacity: int = 255,
+        cache_size: int = 4096,
     ) -> None:
         self.boilerplate_share = boilerplate_share
         self.boilerplate_min_records = boilerplate_min_records
         self.boilerplate_capacity = boilerplate_capacity
+        self.cache_size = cache_size
         self.answers_by_family: dict[str, HeavyHitters] = {}
-        self.files_by_family: dict[str, Counter[str]] = {}
+        #: family -> file -> records (defaultdicts: a Counter's += costs three times as much)
+        self.files_by_family: dict[str, defaultdict[str, int]] = {}
         self._vocabularies: dict[tuple[str, str, tuple[str, ...]], Vocabulary] = {}
-        self._context_id: int | None = None
+        self._subjects: dict[tuple[object, ...], _Subject] = {}
+        self._context: FolderContext | None = None
+        # Answers repeat (the banks' phrasings, boilerplate, one sample asked several ways), and
+        # reading one costs tens of microseconds: each distinct answer is read once for each
+        # subject, and each distinct set of a record's answers is assembled once, in caches of
+        # a fixed size, so that memory stays flat however many records there are.
+        self.subject = lru_cache(maxsize=cache_size)(self.make_subject)
+        self.checked = lru_cache(maxsize=cache_size)(self.check_answer)
+        self.checked_record = lru_cache(maxsize=cache_size)(self.check_answers)
 
     # -- per record ---------------------------------------------------------------------
 
     def check(
         self, record: InstructionRecord, file: str, context: FolderContext
     ) -> Iterable[Finding]:
-        if id(context) != self._context_id:
-            self._context_id, self._vocabularies = id(context), {}
+        if context is not self._context:
+            self._context, self._vocabularies, self._subjects = context, {}, {}
+            for cache in (self.subject, self.checked, self.checked_record):
+                cache.cache_clear()
         meta = record.metadata
-        facts = context.samples.get(meta.sample_id)
-        view = _View(
-            record=record,
-            file=file,
-            facts=facts,
-            vocabulary=self.vocabulary(context, meta.source, meta.category, facts),
-            anomaly=facts.label == "anomaly" if facts is not None else meta.anomaly,
-        )
-        answers = [
-            _Answer(index, turn.value, turn.value.lower())
-            for index, turn in enumerate(record.conversations)
-            if turn.speaker == "gpt"
+        sample_id = meta.sample_id
+        facts, subject = self.subject(sample_id, meta.source, meta.category, meta.anomaly)
+        if facts is not context.samples.get(sample_id):  # samples.jsonl was read on since
+            self.subject.cache_clear()
+            facts, subject = self.subject(sample_id, meta.source, meta.category, meta.anomaly)
+        turns = record.conversations
+        # The model has the turns alternate from a human one, so the answers are the odd turns.
+        checked = self.checked_record(subject, *[turns[i].value for i in range(1, len(turns), 2)])
+        self.count_answers(meta.task_family, file, record.id, checked.votes)
+        if not checked.specs:
+            return ()
+        return [
+            self.finding(severity, code, message, file=file, record_id=record.id)
+            for severity, code, message in checked.specs
         ]
-        findings: list[Finding] = []
-        located = facts is not None and facts.has_mask and facts.region_count > 0
-        for answer in answers:
-            findings += self.hygiene(view, answer)
-            if facts is not None:
-                findings += self.claims(view, facts, located and bool(facts.grid_cells), answer)
-        if answers:
-            findings += self.label(view, answers[0])
-        self.count_answers(view, answers)
-        return findings
+
+    def make_subject(
+        self, sample_id: str, source: str, category: str, anomaly: bool
+    ) -> tuple[SampleFacts | None, _Subject]:
+        """The facts of `sample_id` in the current context, and the subject of its records
+        with this metadata: one object for every sample alike (interned, a bounded number)."""
+        assert self._context is not None
+        facts = self._context.samples.get(sample_id)
+        vocabulary = self.vocabulary(self._context, source, category, facts)
+        if facts is None:
+            value: tuple[object, ...] = (vocabulary, source, category, anomaly, False, False, (), 0)
+        else:
+            cells, regions = facts.grid_cells, facts.region_count
+            located = facts.has_mask and regions > 0 and bool(cells)
+            anomaly = facts.label == "anomaly"
+            value = (vocabulary, source, category, anomaly, True, located, cells, regions)
+        subject = self._subjects.get(value)
+        if subject is None:
+            if len(self._subjects) >= self.cache_size:
+                self._subjects.clear()  # older subjects stay valid, just no longer shared
+            subject = self._subjects[value] = _Subject(*value)  # type: ignore[arg-type]
+        return facts, subject
+
+    def check_answers(self, subject: _Subject, *answers: str) -> _CheckedRecord:
+        """The answers of a record (the odd turns, in order) against their subject."""
+        checked = self.checked
+        read = [checked(text, 2 * n + 1, n == 0, subject) for n, text in enumerate(answers)]
+        specs = [spec for answer in read for spec in answer.specs]
+        if read:
+            specs += read[0].label
+        # One vote per distinct answer of a record, so that a share is a share of records.
+        distinct = {
+            answer.vote: 2 * n + 1
+            for n, answer in reversed(list(enumerate(read)))  # the first turn of a repeat wins
+            if answer.vote is not None
+        }
+        return _CheckedRecord(tuple(specs), tuple(distinct.items()))
+
+    def check_answer(self, text: str, index: int, first: bool, subject: _Subject) -> _Checked:
+        """Everything of one answer (turn `index`), from its text and its subject alone."""
+        lowered = text.lower()
+        where = f"turn {index}"
+        specs = self.hygiene(where, text, lowered)
+        if subject.known:
+            specs += self.claims(subject, where, lowered)
+        label = self.label(subject, where, lowered) if first else []
+        stripped = lowered.strip()
+        # The hash is Python's own: counts live for one run, and 8 bytes cost no text.
+        return _Checked(tuple(specs), tuple(label), hash(stripped) if stripped else None)
 
     def vocabulary(
         self, context: FolderContext, source: str, category: str, facts: SampleFacts | None
@@ -426,43 +505,37 @@ class GroundingValidator(Validator):
             )
         return vocabulary
 
-    def hygiene(self, view: _View, answer: _Answer) -> list[Finding]:
-        where = f"turn {answer.index}"
-        if not answer.text.strip():
-            return [self.at(view, "error", "empty_answer", f"{where} is empty")]
-        findings = []
-        if is_refusal(answer.lowered):
-            findings.append(
-                self.at(view, "error", "refusal", f"{where} refuses: {answer.text[:80]!r}")
-            )
-        reason = truncation(answer.text)
+    def hygiene(self, where: str, text: str, lowered: str) -> list[Spec]:
+        if not text.strip():
+            return []  # empty: the conversation check's empty_turn says so, once
+        specs: list[Spec] = []
+        if is_refusal(lowered):
+            specs.append(("error", "refusal", f"{where} refuses: {text[:80]!r}"))
+        reason = truncation(text)
         if reason:
-            findings.append(
-                self.at(view, "warning", "truncated_answer", f"{where} looks truncated: {reason}")
-            )
-        return findings
+            specs.append(("warning", "truncated_answer", f"{where} looks truncated: {reason}"))
+        return specs
 
-    def label(self, view: _View, first: _Answer) -> list[Finding]:
+    def label(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
         """The first answer's yes/no (or its plain claim) against the sample's label."""
-        polarity = leading_polarity(first.lowered)
-        where = f"turn {first.index}"
+        polarity = leading_polarity(lowered)
         if polarity is not None:
-            if (polarity == "yes") == view.anomaly:
+            if (polarity == "yes") == subject.anomaly:
                 return []
-            truth = "an anomalous" if view.anomaly else "a normal"
+            truth = "an anomalous" if subject.anomaly else "a normal"
             message = f"{where} answers {polarity!r} on {truth} image"
-        elif view.anomaly:
-            if not self.claims_normal(view, first.lowered):
+        elif subject.anomaly:
+            if not self.claims_normal(subject.vocabulary, lowered):
                 return []
             message = f"{where} says the object is normal on an anomalous image"
         else:
-            stated = self.stated_defect(view, first.lowered)
+            stated = self.stated_defect(subject.vocabulary, lowered)
             if stated is None:
                 return []
             message = f"{where} states a {stated!r} defect on a normal image"
-        return [self.at(view, "error", "label_contradiction", message)]
+        return [("error", "label_contradiction", message)]
 
-    def claims_normal(self, view: _View, lowered: str) -> bool:
+    def claims_normal(self, vocabulary: Vocabulary, lowered: str) -> bool:
         """Whether the text says the object is normal and says nothing of a defect."""
         spans = normal_claims(lowered)
         if not spans:
@@ -470,57 +543,53 @@ class GroundingValidator(Validator):
         rest = lowered
         for start, end in spans:
             rest = rest[:start] + " " * (end - start) + rest[end:]
-        if any(stem in rest for stem in FLAW_STEMS) or self.grid_words(view, rest):
+        if any(stem in rest for stem in FLAW_STEMS) or self.grid_words(vocabulary, rest):
             return False  # "the rest of it looks normal" next to a stated defect
-        return not any(name in rest for name in view.vocabulary.defect_names)
+        return not any(name in rest for name in vocabulary.defect_names)
 
-    def stated_defect(self, view: _View, lowered: str) -> str | None:
+    def stated_defect(self, vocabulary: Vocabulary, lowered: str) -> str | None:
         """A defect name of the category stated plainly ('with a crack defect'), if any."""
         if "defect" not in lowered or any(negation in lowered for negation in NEGATIONS):
             return None  # "no sign of a crack defect" is no claim
         for stated, before in defect_slots(lowered):
-            if before in ARTICLES and name_known(stated, view.vocabulary.defect_names):
+            if before in ARTICLES and name_known(stated, vocabulary.defect_names):
                 return stated
         return None
 
-    def claims(
-        self, view: _View, facts: SampleFacts, located: bool, answer: _Answer
-    ) -> list[Finding]:
-        """Location words, region counts and defect names of one answer; `located`: the
-        sample has a mask with regions in grid cells, so that locations can be checked."""
-        lowered = answer.lowered
-        where = f"turn {answer.index}"
-        words = self.grid_words(view, lowered)
+    def claims(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
+        """Location words, region counts and defect names of one answer of a known sample;
+        locations are checked when its mask has regions in grid cells (`located`)."""
+        words = self.grid_words(subject.vocabulary, lowered)
         counts = count_claims(lowered) if "region" in lowered else []
-        findings = []
-        if view.anomaly and not located:
+        specs: list[Spec] = []
+        if subject.anomaly and not subject.located:
             if words or counts:
                 stated = ", ".join([*dict.fromkeys(words), *(f"{n} region(s)" for n in counts)])
                 message = f"{where} states {stated} but the sample has no mask to support it"
-                findings.append(self.at(view, "error", "location_without_mask", message))
+                specs.append(("error", "location_without_mask", message))
         else:
             # A normal image has no anomalous region, but its object may still have a "top".
-            wrong = [word for word in dict.fromkeys(words) if word not in facts.grid_cells]
-            if view.anomaly and wrong:
+            cells = subject.grid_cells
+            wrong = [word for word in dict.fromkeys(words) if word not in cells]
+            if subject.anomaly and wrong:
                 message = (
                     f"{where} states {', '.join(wrong)}; the mask's grid cells are "
-                    f"{', '.join(facts.grid_cells)}"
+                    f"{', '.join(cells)}"
                 )
-                findings.append(self.at(view, "error", "location_mismatch", message))
-            expected = facts.region_count if view.anomaly else 0
+                specs.append(("error", "location_mismatch", message))
+            expected = subject.region_count if subject.anomaly else 0
             for count in dict.fromkeys(counts):
                 if count != expected:
                     message = f"{where} states {count} region(s); the mask has {expected}"
-                    findings.append(self.at(view, "error", "count_mismatch", message))
-        if view.anomaly and ("defect" in lowered or "abnormalit" in lowered):
-            findings += self.defect_names(view, answer)
-        return findings
+                    specs.append(("error", "count_mismatch", message))
+        if subject.anomaly and ("defect" in lowered or "abnormalit" in lowered):
+            specs += self.defect_names(subject, where, lowered)
+        return specs
 
-    def defect_names(self, view: _View, answer: _Answer) -> list[Finding]:
-        vocabulary = view.vocabulary
-        findings = []
-        meta = view.record.metadata
-        for stated, before in defect_slots(answer.lowered):
+    def defect_names(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
+        vocabulary = subject.vocabulary
+        specs: list[Spec] = []
+        for stated, before in defect_slots(lowered):
             if (
                 before not in ARTICLES
                 or not stated
@@ -536,20 +605,20 @@ class GroundingValidator(Validator):
             else:
                 continue  # the release names no defects here: nothing to compare with
             message = (
-                f"turn {answer.index} names {stated!r}, {what}; {meta.source}/{meta.category} "
+                f"{where} names {stated!r}, {what}; {subject.source}/{subject.category} "
                 f"has {sorted(vocabulary.defect_names)}"
             )
-            findings.append(self.at(view, severity, "unknown_defect_name", message))
-        return findings
+            specs.append((severity, "unknown_defect_name", message))
+        return specs
 
     @staticmethod
-    def grid_words(view: _View, lowered: str) -> list[str]:
+    def grid_words(vocabulary: Vocabulary, lowered: str) -> list[str]:
         """Grid words of a lower-cased text once names holding one are blanked: the defect
         'misplaced label top' states no location."""
         window = grid_window(lowered)
         if window is None:
             return []
-        pattern = view.vocabulary.grid_names
+        pattern = vocabulary.grid_names
         if pattern is not None:
             lowered = pattern.sub(BLANK, lowered)
             window = grid_window(lowered)
@@ -559,30 +628,25 @@ class GroundingValidator(Validator):
 
     # -- across records -----------------------------------------------------------------
 
-    def count_answers(self, view: _View, answers: list[_Answer]) -> None:
-        family = view.record.metadata.task_family
+    def count_answers(
+        self, family: str, file: str, record_id: str, votes: tuple[tuple[int, int], ...]
+    ) -> None:
         hitters = self.answers_by_family.get(family)
         if hitters is None:
             hitters = self.answers_by_family[family] = HeavyHitters(self.boilerplate_capacity)
-            self.files_by_family[family] = Counter()
-        self.files_by_family[family][view.file] += 1
+            self.files_by_family[family] = defaultdict(int)
+        self.files_by_family[family][file] += 1
         hitters.records += 1
-        # One vote per distinct answer of a record, so that a share is a share of records. The
-        # hash is Python's own: counts live for one run, and a 64-bit hash costs no text.
-        distinct = {
-            hash(answer.lowered.strip()): answer.index
-            for answer in reversed(answers)  # the first turn of a repeated answer wins
-            if answer.lowered.strip()
-        }
-        for key, turn in distinct.items():
-            hitters.add(key, view.record.id, turn)
+        for key, turn in votes:
+            hitters.add(key, record_id, turn)
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:
         findings = []
         for family, hitters in sorted(self.answers_by_family.items()):
             if hitters.records < self.boilerplate_min_records:
                 continue
-            file = self.files_by_family[family].most_common(1)[0][0]
+            files = self.files_by_family[family]
+            file = max(files, key=files.__getitem__)  # the file with most of them (the first)
             frequent = hitters.frequent(self.boilerplate_share)
             for key, count in sorted(frequent, key=lambda item: -item[1]):
                 first, turn = hitters.first_record[key]
@@ -599,6 +663,3 @@ class GroundingValidator(Validator):
                     )
                 )
         return findings
-
-    def at(self, view: _View, severity: Severity, code: str, message: str) -> Finding:
-        return self.finding(severity, code, message, file=view.file, record_id=view.record.id)

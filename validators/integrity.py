@@ -1,9 +1,9 @@
 """The integrity check: the files records name exist inside the folder, decode, and fit together.
 
-Per record only strings are looked at: each image and mask path is checked for escapes (an
-absolute path or a `..` part is a finding and is never opened) and remembered with its first
-referrer and a count. `finish` then touches every distinct file once, however many records
-name it:
+Per record only strings are looked at (the model's, for a record the model accepts): each image
+and mask path is checked for escapes (an absolute path or a `..` part is a finding and is never
+opened) and remembered with its first referrer and a count. `finish` then touches every distinct
+file once, however many records name it:
 
 - images are opened for their size; a PNG is `verify()`-ed, which walks every chunk and checks
   its CRC without inflating the pixels (a sixth of the cost of decoding), plus a check that
@@ -135,13 +135,28 @@ class IntegrityValidator(Validator):
     # -- per record: strings only ------------------------------------------------------
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
-        data = raw.data
-        if not isinstance(data, dict):
-            return ()
         findings: list[Finding] = []
         kind = raw.kind
         if kind == "instruction_record":
-            self.check_record(raw, data, context, findings)
+            record: Any = raw.model()
+            if record is not None:  # the same strings as the JSON, without parsing it again
+                meta = record.metadata
+                self.check_record(
+                    raw, record.image, meta.mask, meta.anomaly, meta.sample_id, context, findings
+                )
+                return findings
+        data = raw.data
+        if not isinstance(data, dict):
+            return ()
+        if kind == "instruction_record":
+            metadata = data.get("metadata")
+            if isinstance(metadata, dict):
+                self.check_record(
+                    raw, data.get("image"), metadata.get("mask"), metadata.get("anomaly"),
+                    metadata.get("sample_id"), context, findings,
+                )  # fmt: skip
+            else:
+                self.check_record(raw, data.get("image"), None, None, None, context, findings)
         elif kind == "sample":
             self.check_sample(raw, data, findings)
         elif kind in ("detection_item", "reasoning_item"):
@@ -188,27 +203,23 @@ class IntegrityValidator(Validator):
         return [path for path in paths if self.note(self.images, "image", raw, path, findings)]
 
     def check_record(
-        self, raw: RawRecord, data: dict[str, Any], context: FolderContext,
-        findings: list[Finding],
+        self, raw: RawRecord, image: Any, mask: Any, anomaly: Any, sample_id: Any,
+        context: FolderContext, findings: list[Finding],
     ) -> None:  # fmt: skip
-        image = data.get("image")
+        """An instruction record's image, mask, label and sample (its metadata's values)."""
         reference = self.images.get(image) if type(image) is str else None
         if reference is not None:  # the common case: an image other records named already
             reference.count += 1
-            images = [image]
+            shown: str | None = image
         else:
             images = self.note_images(raw, image, findings)
-        metadata = data.get("metadata")
-        if not isinstance(metadata, dict):
-            return
-        mask = metadata.get("mask")
-        if mask is not None and self.note(self.masks, "mask", raw, mask, findings) and images:
-            self.pair(mask, images[0], raw)
-        if mask is not None and metadata.get("anomaly") is False:
+            shown = images[0] if images else None
+        if mask is not None and self.note(self.masks, "mask", raw, mask, findings) and shown:
+            self.pair(mask, shown, raw)
+        if mask is not None and anomaly is False:
             findings.append(self.error(
                 raw, "mask_on_normal", f"the record is marked normal but names the mask {mask!r}"
             ))  # fmt: skip
-        sample_id = metadata.get("sample_id")
         if not context.samples or not isinstance(sample_id, str):
             return
         facts = context.samples.get(sample_id)
@@ -216,10 +227,10 @@ class IntegrityValidator(Validator):
             findings.append(self.error(
                 raw, "unknown_sample", f"sample {sample_id!r} is not in samples.jsonl"
             ))  # fmt: skip
-        elif images and images[0] != facts.image:
+        elif shown is not None and shown != facts.image:
             findings.append(self.error(
                 raw, "image_not_of_sample",
-                f"the record shows {images[0]!r} but its sample {sample_id!r} is the image "
+                f"the record shows {shown!r} but its sample {sample_id!r} is the image "
                 f"{facts.image!r}",
             ))  # fmt: skip
 

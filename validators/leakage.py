@@ -256,10 +256,10 @@ class LeakageValidator(Validator):
     def check(
         self, record: InstructionRecord, file: str, context: FolderContext
     ) -> Iterable[Finding]:
-        images = record.image if isinstance(record.image, list) else [record.image]
-        for image in images:
-            if image not in self.training:
-                self.training[image] = (file, record.id)
+        image, training = record.image, self.training
+        for shown in (image,) if type(image) is str else image:
+            if shown not in training:
+                training[shown] = (file, record.id)
         return ()
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:

@@ -15,6 +15,7 @@ checks every record with the schema, at about 2,500 records/s.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -67,11 +68,18 @@ FIELD_NAMES_OF_ALIASED: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The same, as one search a kind (a single scan of the record's text).
+_FIELD_NAME_PATTERNS = {
+    kind: re.compile("|".join(re.escape(name) for name in names))
+    for kind, names in FIELD_NAMES_OF_ALIASED.items()
+}
+
+
 def uses_field_names(raw: RawRecord) -> bool:
     """Whether the record's text holds an aliased field's Python name as a JSON string (a
     key, almost surely: inside a string value its quotes would be escaped)."""
-    names = FIELD_NAMES_OF_ALIASED.get(raw.kind)
-    return names is not None and any(name in raw.text for name in names)
+    pattern = _FIELD_NAME_PATTERNS.get(raw.kind)
+    return pattern is not None and pattern.search(raw.text) is not None
 
 
 def compile_schema(kind: str) -> JsonValidator:
@@ -91,7 +99,8 @@ def compile_schema(kind: str) -> JsonValidator:
             "$defs": schema["$defs"],
             **schema["additionalProperties"],
         }
-    Draft202012Validator.check_schema(schema)
+    # Not checked against the metaschema here (a tenth of a second per kind, every run): the
+    # files are the models' own exports, and a test checks every one of them.
     return Draft202012Validator(schema)
 
 
