@@ -37,6 +37,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -339,15 +340,26 @@ class LeakageValidator(Validator):
             )
 
     def split_leaks(self, context: FolderContext, images_root: Path) -> Iterator[Finding]:
-        """Test images that equal or nearly equal a train (or val) image."""
-        held_in = {
-            facts.image: facts for facts in context.samples.values() if facts.split != "test"
-        }
+        """Test images that equal or nearly equal a train (or val) image of the same source.
+
+        Splits are a release's own: a test image of one release that resembles a train image
+        of another is no split leak (if one of them is benchmarked, the benchmark check finds
+        it; if both are trained on, it is a duplicate, not a leak).
+        """
+        held_in: dict[str, dict[str, Any]] = {}
+        for facts in context.samples.values():
+            if facts.split != "test":
+                held_in.setdefault(facts.source, {})[facts.image] = facts
         tests = [facts for facts in context.samples.values() if facts.split == "test"]
         if not held_in or not tests:
             return
-        seen = self.image_set(images_root, held_in)
+        indexed = {
+            source: self.image_set(images_root, images) for source, images in held_in.items()
+        }
         for facts in tests:
+            seen = indexed.get(facts.source)
+            if seen is None:
+                continue
             print_ = self.fingerprint(images_root, facts.image)
             if print_ is None:
                 continue
@@ -355,7 +367,7 @@ class LeakageValidator(Validator):
             if not matches:
                 continue
             best = matches[0]
-            other = held_in[best.key]
+            other = held_in[facts.source][best.key]
             how = "has the same bytes as" if best.exact else f"nearly equals ({describe(best)})"
             others = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
             yield self.finding(
