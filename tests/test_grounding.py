@@ -343,12 +343,28 @@ def test_each_distinct_answer_is_read_once_in_caches_of_a_fixed_size():
     validator = GroundingValidator(cache_size=16)
     context = context_with(NORMAL, set())
     for index in range(500):
-        text = "No, it is normal." if index % 2 == 0 else f"No, object {index} is normal."
-        record = record_for(NORMAL, text, family="detection")
+        answers = ["No, it is normal."] if index % 2 == 0 else ["No.", f"Object {index} is normal."]
+        record = record_for(NORMAL, *answers, family="detection")
         assert list(validator.check(record, "x.json", context)) == []
-    answers = validator.checked.cache_info()
-    assert answers.currsize <= 16 and answers.hits >= 249  # the repeated answer: read once
+    records, answers = validator.checked_record.cache_info(), validator.checked.cache_info()
+    assert records.currsize <= 16 and records.hits == 249  # the repeated record: read once
+    assert answers.currsize <= 16 and answers.hits == 249  # "No." of the other records
     assert validator.subject.cache_info().currsize == 1  # one sample, one subject
+
+
+def test_samples_alike_share_what_their_answers_were_found_to_say():
+    """The normal samples of a category share a subject, so that a bank's phrasing given for
+    each of them is read once; a sample with other facts gets its own."""
+    validator = GroundingValidator()
+    other = SampleFacts(**{**vars(NORMAL), "sample_id": "loco/juice_bottle/test/good/001"})
+    context = context_with(NORMAL, set())
+    context.samples[other.sample_id] = other
+    context.samples[LOCO.sample_id] = LOCO
+    for facts in (NORMAL, other, LOCO):
+        list(validator.check(record_for(facts, "No, it looks fine."), "x.json", context))
+    assert validator.checked_record.cache_info().hits == 1  # NORMAL's reading, for `other`
+    codes = [f.code for f in validator.check(record_for(LOCO, "No, it looks fine."), "x", context)]
+    assert codes == ["label_contradiction"]  # LOCO is anomalous: its own subject
 
 
 def test_an_answer_read_once_flags_every_record_that_gives_it():
@@ -360,7 +376,7 @@ def test_an_answer_read_once_flags_every_record_that_gives_it():
         record = record.model_copy(update={"id": f"record {index}"})
         flagged += [(f.record_id, f.code) for f in validator.check(record, "x.json", context)]
     assert flagged == [(f"record {index}", "location_mismatch") for index in range(3)]
-    assert validator.checked.cache_info().hits == 2
+    assert validator.checked_record.cache_info().hits == 2
 
 
 def test_a_sample_added_to_the_context_later_is_checked_against():
