@@ -65,6 +65,16 @@ def test_plain_install_runs_build_dataset(wheel, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "mvtec_ad" in result.stdout and "CC-BY-NC-SA-4.0" in result.stdout
+    # The README's main command, from the installed wheel alone: every template, bank and
+    # catalog file it needs is packaged (an editable install would hide a missing one).
+    demo = subprocess.run(
+        [venv / "bin" / "build-dataset", "demo", "--out", str(tmp_path / "demo"), "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    for name in ("instruct/anomaly_instruct.json", "benchmark/mmad.json", "hf/README.md",
+                 "report.html"):  # fmt: skip
+        assert (tmp_path / "demo" / name).is_file(), name
 
 
 @pytest.mark.slow
