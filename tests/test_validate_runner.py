@@ -263,6 +263,8 @@ def test_instruction_records_read_through_the_model_hold_what_json_loads_reads(f
     files = [f for f in find_records_files(folder) if f.kind == "instruction_record"]
     read = list(iter_records(folder, files, report=pytest.fail))
     assert [raw.data for raw in read] == records
+    plain = iter_records(folder, files, report=pytest.fail, models_first=False)
+    assert [raw.data for raw in plain] == records
     for raw in read:
         assert raw.data == json.loads(raw.text)
         model, error = validate_strictly(raw.kind, raw.text)

@@ -56,7 +56,8 @@ CHUNK_CHARS = 1 << 20
 MAX_RECORD_CHARS = 64 << 20
 
 Report = Callable[[Finding], None]
-#: Kinds whose lines are read through their model first (see the module docstring).
+#: Kinds whose lines `iter_records` reads through their model first (see the module docstring):
+#: their checks read the model, and the JSON only when something is wrong.
 MODEL_FIRST_KINDS = frozenset({"instruction_record"})
 
 
@@ -102,12 +103,19 @@ def find_records_files(root: Path) -> list[RecordsFile]:
     return found
 
 
-def iter_records(root: Path, files: list[RecordsFile], report: Report) -> Iterator[RawRecord]:
-    """Every record of every file, in order; unreadable files and lines go to `report`."""
+def iter_records(
+    root: Path, files: list[RecordsFile], report: Report, *, models_first: bool = True
+) -> Iterator[RawRecord]:
+    """Every record of every file, in order; unreadable files and lines go to `report`.
+
+    The records of MODEL_FIRST_KINDS are validated with their model as they are read, and
+    parsed into plain JSON only when asked for; `models_first=False` parses every record.
+    """
     for records_file in files:
+        model_first = models_first and records_file.kind in MODEL_FIRST_KINDS
         try:
             with (root / records_file.path).open(encoding="utf-8", newline="") as handle:
-                yield from _records_of(handle, records_file, report)
+                yield from _records_of(handle, records_file, report, model_first)
         except UnicodeDecodeError as error:
             report(parse_finding(records_file.path, f"is not UTF-8 text ({error.reason} at byte "
                                  f"{error.start})"))  # fmt: skip
@@ -165,9 +173,10 @@ def make_record(
     return RawRecord(kind, file, index, value, text, line)
 
 
-def _records_of(handle: IO[str], records_file: RecordsFile, report: Report) -> Iterator[RawRecord]:
+def _records_of(
+    handle: IO[str], records_file: RecordsFile, report: Report, model_first: bool
+) -> Iterator[RawRecord]:
     file, kind = records_file.path, records_file.kind
-    model_first = kind in MODEL_FIRST_KINDS
     if records_file.layout == "jsonl":
         yield from _jsonl_records(handle, file, kind, report, model_first)
         return
