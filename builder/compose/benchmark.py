@@ -23,6 +23,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,8 +92,9 @@ class BenchmarkPlan:
     #: (source, category) -> the normal train images kept as few-shot templates
     templates: dict[tuple[str, str], list[TemplateImage]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def template_ids(self) -> frozenset[str]:
+        # Asked for every sample by role(): computed once, not once a sample.
         return frozenset(t.sample_id for pool in self.templates.values() for t in pool)
 
     def role(self, sample: Sample) -> str | None:
