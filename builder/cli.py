@@ -258,9 +258,6 @@ def validate(
     quiet: Quiet = False,
 ) -> None:
     """Check a built folder; exit status 1 when any error-level finding remains."""
-    from rich.console import Console
-    from rich.table import Table
-
     from adinstruct.validators.runner import validate_folder
 
     if not folder.is_dir():
@@ -271,7 +268,10 @@ def validate(
     finally:
         progress.close()
     report.write(folder / "validation.json")
-    if not quiet:
+    if not quiet:  # rich is imported only to draw (a gate in CI runs --quiet)
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(title=f"validation of {folder}")
         for column in ("validator", "errors", "warnings"):
             table.add_column(column)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, field_validator
+from typing_extensions import TypedDict
 
 from adinstruct.schemas.records import Record
+
+#: The task families of instruction records, in the order a sample's records are written: the
+#: compose stage's (`builder.compose.FAMILIES`, which a test holds equal), named here so that
+#: validation knows them without importing the stage and its templates.
+TASK_FAMILIES: tuple[str, ...] = ("detection", "description", "localisation", "reasoning")
 
 
 class Turn(Record):
@@ -46,6 +52,37 @@ class InstructionRecord(Record):
             if turn.speaker != expected:
                 raise ValueError(f"turn {index} is from {turn.speaker!r}, expected {expected!r}")
         return turns
+
+
+# The JSON of an instruction record as plain dicts, for `build-dataset validate`: validated
+# strictly by pydantic-core with no model objects made, it costs half the model's parse, and
+# 100k records a run make that count. Keys are the JSON keys ("from"), so no alias applies.
+# It must accept exactly what InstructionRecord accepts, but for the turn order that the
+# model's field validator adds (validators/base.py checks that on the dicts); a test mutates
+# real records to hold the two to that.
+TurnJSON = TypedDict("TurnJSON", {"from": Literal["human", "gpt"], "value": str})  # type: ignore[misc]
+TurnJSON.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+
+class RecordMetadataJSON(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    anomaly: bool
+    source: str
+    category: str
+    sample_id: str
+    defect_types: NotRequired[list[str]]
+    mask: NotRequired[str | None]
+    task_family: str
+
+
+class InstructionRecordJSON(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    id: str
+    image: str | list[str]
+    conversations: Annotated[list[TurnJSON], Field(min_length=2)]
+    metadata: RecordMetadataJSON
 
 
 class DetectionItem(Record):

@@ -6,15 +6,15 @@ tests check validators against exactly what `build-dataset validate` gives them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from adinstruct.builder.demo import generate_demo_tree
 from adinstruct.builder.instruct import InstructConfig
 from adinstruct.builder.pipeline import BuildConfig, SourceSpec, build
-from adinstruct.schemas import InstructionRecord
+from adinstruct.builder.progress import Progress
 from adinstruct.validators.base import Finding, Validator
-from adinstruct.validators.folder import load_context
+from adinstruct.validators.folder import find_records_files
+from adinstruct.validators.runner import run_validators
 
 
 def build_demo_folder(out: Path, *, release: Path | None = None, image_size: int = 256) -> Path:
@@ -36,15 +36,12 @@ def build_demo_folder(out: Path, *, release: Path | None = None, image_size: int
 
 
 def validate_records(root: Path, *validators: Validator) -> list[Finding]:
-    """Every instruct/*.json record through `check`, then `finish`, as the runner calls them."""
-    context = load_context(root)
+    """Every finding of these validators (instances, as configured) on the folder, through the
+    runner as `build-dataset validate` calls them, uncapped (the reader's own, not)."""
     findings: list[Finding] = []
-    for path in sorted((root / "instruct").glob("*.json")):
-        file = path.relative_to(root).as_posix()
-        for raw in json.loads(path.read_text(encoding="utf-8")):
-            record = InstructionRecord.model_validate(raw)
-            for validator in validators:
-                findings += validator.check(record, file, context)
-    for validator in validators:
-        findings += validator.finish(context)
-    return findings
+    run_validators(
+        root, find_records_files(root), list(validators), Progress(),
+        max_findings_per_code=1, on_finding=findings.append, started=0.0,
+    )  # fmt: skip
+    names = {validator.name for validator in validators}
+    return [finding for finding in findings if finding.validator in names]

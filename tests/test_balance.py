@@ -100,3 +100,10 @@ def test_configured_source_and_family_targets_replace_the_defaults(folder):
         ("source_share", "demo"),
         ("source_share", "visa"),
     ]
+
+
+def test_the_families_validation_knows_are_the_compose_stage_s():
+    from adinstruct.builder.compose import FAMILIES
+    from adinstruct.schemas.instruct import TASK_FAMILIES
+
+    assert FAMILIES == TASK_FAMILIES

@@ -15,8 +15,7 @@ from built_folders import build_demo_folder, validate_records
 
 from adinstruct.builder.describe.template import GRID_PATTERN, grid_words_in
 from adinstruct.builder.instruct import INSTRUCT_FILE
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, SampleFacts
+from adinstruct.validators.base import Finding, FolderContext, SampleFacts, check_shape
 from adinstruct.validators.folder import load_context
 from adinstruct.validators.grounding import GroundingValidator
 
@@ -254,26 +253,32 @@ NORMAL = SampleFacts(
 )
 
 
-def record_for(facts: SampleFacts, *gpt: str, family: str = "description") -> InstructionRecord:
+def record_for(facts: SampleFacts, *gpt: str, family: str = "description") -> dict:
+    """An instruction record as `check` gets it: its JSON, checked to fit its model."""
     turns = []
     for index, answer in enumerate(gpt):
         question = "<image>\nWhat do you see?" if index == 0 else "And then?"
         turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    return InstructionRecord.model_validate(
-        {
-            "id": f"{facts.sample_id}#{family}",
-            "image": facts.image,
-            "conversations": turns,
-            "metadata": {
-                "anomaly": facts.label == "anomaly",
-                "source": facts.source,
-                "category": facts.category,
-                "sample_id": facts.sample_id,
-                "defect_types": list(facts.defect_types),
-                "task_family": family,
-            },
-        }
+    record, fits = check_shape(
+        "instruction_record",
+        json.dumps(
+            {
+                "id": f"{facts.sample_id}#{family}",
+                "image": facts.image,
+                "conversations": turns,
+                "metadata": {
+                    "anomaly": facts.label == "anomaly",
+                    "source": facts.source,
+                    "category": facts.category,
+                    "sample_id": facts.sample_id,
+                    "defect_types": list(facts.defect_types),
+                    "task_family": family,
+                },
+            }
+        ),
     )
+    assert fits
+    return record
 
 
 def codes(facts: SampleFacts, *gpt: str) -> list[str]:
@@ -373,7 +378,7 @@ def test_an_answer_read_once_flags_every_record_that_gives_it():
     flagged = []
     for index in range(3):
         record = record_for(LOCO, "Yes, in the top right of the image.")
-        record = record.model_copy(update={"id": f"record {index}"})
+        record = {**record, "id": f"record {index}"}
         flagged += [(f.record_id, f.code) for f in validator.check(record, "x.json", context)]
     assert flagged == [(f"record {index}", "location_mismatch") for index in range(3)]
     assert validator.checked_record.cache_info().hits == 2

@@ -48,3 +48,33 @@ def test_the_core_imports_and_runs_without_torch_or_the_other_extras():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED []" in result.stdout
+
+
+#: What `validate` imports, in a fresh interpreter: every validator, the CLI, then a run.
+VALIDATE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from adinstruct.builder.cli import app
+    from adinstruct.validators.registry import get_validators
+    import adinstruct.builder.annotate as annotate
+    get_validators()
+    print("LOADED", sorted(set(sys.argv[1:]) & set(sys.modules)))
+    for name in annotate.__all__:  # every lazily exported name resolves
+        getattr(annotate, name)
+    """
+)
+#: Modules a clean folder's validation does without: start-up is part of every validate run
+#: (imports are a fifth of it), and jsonschema runs only on a record that does not fit.
+NOT_FOR_VALIDATION = (
+    "jsonschema", "jinja2", "adinstruct.builder.annotate.stage",
+    "adinstruct.builder.compose.compose", "adinstruct.builder.describe.llm",
+)  # fmt: skip
+
+
+def test_validation_imports_no_stage_and_no_json_schema_library():
+    result = subprocess.run(
+        [sys.executable, "-c", VALIDATE_CHILD, *NOT_FOR_VALIDATION],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LOADED []" in result.stdout, result.stdout

@@ -243,9 +243,9 @@ def test_json_stream_reports_the_line_and_column_json_loads_reports(damage):
         )  # fmt: skip
 
 
-def test_instruction_records_read_through_the_model_hold_what_json_loads_reads(folder):
-    """The reader validates instruction records with the model and parses their JSON only on
-    demand; whatever a line holds, the record's data, model and verdict are as if read apart."""
+def test_instruction_records_read_through_their_shape_hold_what_json_loads_reads(folder):
+    """The reader checks instruction records against their shape as it parses them; whatever a
+    line holds, the record's data, model and verdict are as if read apart."""
     from adinstruct.validators.base import validate_strictly
     from adinstruct.validators.folder import find_records_files, iter_records
 
@@ -263,12 +263,14 @@ def test_instruction_records_read_through_the_model_hold_what_json_loads_reads(f
     files = [f for f in find_records_files(folder) if f.kind == "instruction_record"]
     read = list(iter_records(folder, files, report=pytest.fail))
     assert [raw.data for raw in read] == records
-    plain = iter_records(folder, files, report=pytest.fail, models_first=False)
+    plain = iter_records(folder, files, report=pytest.fail, shapes_first=False)
     assert [raw.data for raw in plain] == records
     for raw in read:
         assert raw.data == json.loads(raw.text)
         model, error = validate_strictly(raw.kind, raw.text)
         assert (raw.model() is None) == (model is None) == (raw.index in (3, 5, 6))
+        # The shape knows only the JSON keys: "speaker" beside "from" is an unknown key to it.
+        assert raw.fits == (raw.index not in (3, 4, 5, 6))
         if model is not None:
             assert raw.model() == model and raw.record_id == records[raw.index]["id"]
         else:
@@ -389,6 +391,44 @@ def test_the_fast_path_passes_nothing_the_schema_file_rejects(built, tmp_path):
                     errors = [e.message for e in schema.iter_errors(candidate)]
                     assert not errors, (kind, path, mutation, errors)
     assert checked > 100
+
+
+def test_an_instruction_record_fits_its_shape_exactly_when_model_and_schema_accept_it(built):
+    """Instruction records are checked against their shape (plain dicts), never made into
+    models: for every mutation of real records, and for turns out of order, the shape must
+    accept exactly what the model and the exported JSON Schema both accept."""
+    from jsonschema import Draft202012Validator
+
+    from adinstruct.schemas.export_json import load_schema
+    from adinstruct.validators.base import check_shape, validate_strictly
+
+    schema = Draft202012Validator(load_schema("instruction_record"))
+    records = json.loads((built / INSTRUCT_FILE).read_text(encoding="utf-8"))
+    reasoning = next(r for r in records if len(r["conversations"]) >= 4)
+    masked = next(r for r in records if r["metadata"]["mask"])
+    unmasked = json.loads(json.dumps(masked))
+    del unmasked["metadata"]["mask"], unmasked["metadata"]["defect_types"]  # defaults
+    swapped = json.loads(json.dumps(reasoning))
+    turns = swapped["conversations"]
+    turns[1], turns[2] = turns[2], turns[1]
+    extras = ["extra:speaker", "extra:colour"]
+    mutations = ["delete", *extras, None, "1", 1, 1.5, True, False, [], {}, ["x"], "gpt"]
+    verdicts = {True: 0, False: 0}
+    for record in (records[0], reasoning, masked, unmasked, swapped):
+        for path in list(paths_of(record)):
+            for mutation in mutations:
+                candidate = mutated(record, path, mutation)
+                if candidate is None:
+                    continue
+                text = json.dumps(candidate)
+                model, _ = validate_strictly("instruction_record", text)
+                accepted = model is not None and not list(schema.iter_errors(candidate))
+                data, fits = check_shape("instruction_record", text.encode())
+                assert fits == accepted, (path, mutation)
+                if fits:
+                    assert data == candidate
+                verdicts[fits] += 1
+    assert verdicts[True] > 50 and verdicts[False] > 200
 
 
 def test_every_aliased_field_is_known_to_the_fast_path():

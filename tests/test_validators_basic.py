@@ -378,13 +378,13 @@ def test_the_quick_conversation_path_agrees_with_the_full_check():
     assert quick_passed > 20
 
 
-def test_the_quick_path_on_the_model_agrees_with_the_quick_path_on_the_json():
-    """A record the model accepts is passed from the model (`record_follows_every_rule`): it
-    must decide as `follows_every_rule` does on the same record's JSON."""
+def test_the_quick_path_on_fitting_records_agrees_with_the_quick_path_on_any_json():
+    """A record that fits its model is passed by `record_follows_every_rule`, which trusts the
+    turn order: it must decide as `follows_every_rule` does on the same record's JSON, and a
+    record fits exactly when the model accepts it."""
     import random
 
-    from adinstruct.schemas import InstructionRecord
-    from adinstruct.validators.base import validate_strictly
+    from adinstruct.validators.base import check_shape, validate_strictly
     from adinstruct.validators.conversation import follows_every_rule, record_follows_every_rule
 
     rng = random.Random(1)
@@ -406,11 +406,12 @@ def test_the_quick_path_on_the_model_agrees_with_the_quick_path_on_the_json():
                          "sample_id": "s", "task_family": "detection"},
         }  # fmt: skip
         model, _ = validate_strictly("instruction_record", json.dumps(data))
-        if model is None:
+        record, fits = check_shape("instruction_record", json.dumps(data))
+        assert fits == (model is not None), data
+        if not fits:
             continue
-        assert isinstance(model, InstructionRecord)
         accepted += 1
-        quick = record_follows_every_rule(model)
+        quick = record_follows_every_rule(record)
         assert quick == follows_every_rule(data), data
         passed += quick
     assert accepted > 1000 and passed > 20

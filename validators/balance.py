@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from adinstruct.builder.compose import FAMILIES
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, Validator
+from adinstruct.schemas.instruct import TASK_FAMILIES
+from adinstruct.validators.base import Batch, Finding, FolderContext, Validator
 
 MANIFEST_FILE = "manifest.json"
 LABELS = ("anomaly", "normal")
@@ -73,11 +72,12 @@ class BalanceValidator(Validator):
         #: each of them at the end (five Counter updates a record cost 2 µs).
         self.tally: defaultdict[TallyKey, int] = defaultdict(int)
 
-    def check(
-        self, record: InstructionRecord, file: str, context: FolderContext
-    ) -> Iterable[Finding]:
-        meta = record.metadata
-        self.tally[(meta.source, meta.category, meta.anomaly, meta.task_family, file)] += 1
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        tally, file = self.tally, batch.file
+        for record in batch.records:
+            meta = record["metadata"]
+            key = (meta["source"], meta["category"], meta["anomaly"], meta["task_family"], file)
+            tally[key] += 1
         return ()
 
     def counted(self, name: Callable[[TallyKey], str]) -> Counter[str]:
@@ -165,7 +165,7 @@ class BalanceValidator(Validator):
         weights = manifest_family_weights(context)
         if weights is not None:
             return shares(weights), "the recipe's family weights (manifest.json)"
-        families = dict.fromkeys([*FAMILIES, *sorted(by_family)], 1.0)
+        families = dict.fromkeys([*TASK_FAMILIES, *sorted(by_family)], 1.0)
         return shares(families), "equal family shares"
 
     def against(

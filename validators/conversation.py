@@ -10,8 +10,8 @@ followed by a newline, where LLaVA-OneVision moves a lone token anyway; no leadi
 whitespace. Benchmark chats get the rules that apply to them: no empty question or answer, as
 many reference answers as questions, and an MMAD answer letter that is one of the options.
 
-Almost every record breaks no rule, and is passed by a quick test of the model the reader
-validated (`record_follows_every_rule`): its raw JSON is parsed only when some rule is broken.
+Almost every record breaks no rule, and is passed by a quick test of the JSON the reader
+checked (`record_follows_every_rule`): its raw JSON is parsed only when some rule is broken.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, RawRecord, Validator
+from adinstruct.schemas.instruct import InstructionRecordJSON
+from adinstruct.validators.base import Batch, Finding, FolderContext, RawRecord, Validator
 
 #: The token LLaVA-OneVision replaces with the image features (as compose writes it).
 IMAGE_TOKEN = "<image>"
@@ -67,12 +67,12 @@ def follows_every_rule(data: dict[str, Any]) -> bool:
     return values_follow_every_rule(images, values)
 
 
-def record_follows_every_rule(record: InstructionRecord) -> bool:
-    """`follows_every_rule` for a record the model accepted, which holds the values as written
-    and guarantees the order: human first, alternating, an even count of at least 2."""
-    image = record.image
+def record_follows_every_rule(record: InstructionRecordJSON) -> bool:
+    """`follows_every_rule` for a record that fits its model, whose types and turn order
+    (human first, alternating, an even count of at least 2) are checked already."""
+    image = record["image"]
     return values_follow_every_rule(
-        1 if type(image) is str else len(image), [turn.value for turn in record.conversations]
+        1 if type(image) is str else len(image), [turn["value"] for turn in record["conversations"]]
     )
 
 
@@ -106,10 +106,8 @@ class ConversationValidator(Validator):
     raw_kinds = frozenset({"instruction_record", "reasoning_item", "mmad_item"})
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
-        if raw.kind == "instruction_record":
-            record = raw.model()
-            if record is not None and record_follows_every_rule(record):  # type: ignore[arg-type]
-                return ()
+        if raw.kind == "instruction_record" and raw.fits and record_follows_every_rule(raw.data):
+            return ()
         data = raw.data
         if not isinstance(data, dict):
             return ()  # not a record at all: the schema check says so
@@ -118,6 +116,16 @@ class ConversationValidator(Validator):
         if raw.kind == "reasoning_item":
             return self.check_reasoning(raw, data)
         return self.check_mmad(raw, data)
+
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        findings: list[Finding] = []
+        follows = values_follow_every_rule
+        for position, record in enumerate(batch.records):
+            image = record["image"]  # record_follows_every_rule, without the call
+            images = 1 if type(image) is str else len(image)
+            if not follows(images, [turn["value"] for turn in record["conversations"]]):
+                findings += self.check_conversation(batch.raw(position), record)  # type: ignore[arg-type]
+        return findings
 
     def error(self, raw: RawRecord, code: str, message: str) -> Finding:
         return self.finding(

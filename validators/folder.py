@@ -8,33 +8,36 @@ whole record (a pretty-printed or hand-edited file) reading hands over, from tha
 sliding buffer decoded with the stdlib's scanner. Either way a file that does not parse becomes
 one schema finding naming the file, line and column.
 
-Instruction records (the files that hold 100k of them) are read the other way round: each line
-goes straight through the model, which parses it once, and the plain JSON is made only for a
-check that asks for it (`RawRecord.data`): a record the model accepts is checked from the model.
+Instruction records (the files that hold 100k of them) are read as bytes, and each line goes
+straight through the record's strict shape (`RECORD_SHAPES`), which parses it once into the
+plain JSON the checks read and says whether the record fits its model; no model is made, and
+the text is decoded only when someone reads it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import from_json
 
 from adinstruct.builder.errors import AdinstructError
 from adinstruct.validators.base import (
-    RECORD_MODELS,
-    STRICTLY,
+    RECORD_SHAPES,
     UNPARSED,
+    Batch,
     Finding,
     FolderContext,
     RawRecord,
     SampleFacts,
+    alternates,
+    check_shape,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -51,14 +54,14 @@ BENCHMARK_FILES: dict[str, tuple[str, Layout]] = {
     "benchmark/mmad.json": ("mmad_item", "object"),
 }
 
+#: Fitting records of a RECORD_SHAPES kind come this many at a time with `batches=True`: enough
+#: to make a call per batch cheap, few enough that a batch stays in the CPU's caches.
+BATCH_RECORDS = 64
 #: Read this much at a time; a record larger than MAX_RECORD_CHARS is a syntax error.
 CHUNK_CHARS = 1 << 20
 MAX_RECORD_CHARS = 64 << 20
 
 Report = Callable[[Finding], None]
-#: Kinds whose lines `iter_records` reads through their model first (see the module docstring):
-#: their checks read the model, and the JSON only when something is wrong.
-MODEL_FIRST_KINDS = frozenset({"instruction_record"})
 
 
 class FolderError(AdinstructError):
@@ -104,21 +107,49 @@ def find_records_files(root: Path) -> list[RecordsFile]:
 
 
 def iter_records(
-    root: Path, files: list[RecordsFile], report: Report, *, models_first: bool = True
-) -> Iterator[RawRecord]:
+    root: Path,
+    files: list[RecordsFile],
+    report: Report,
+    *,
+    shapes_first: bool = True,
+    batches: bool = False,
+) -> Iterator[RawRecord | Batch]:
     """Every record of every file, in order; unreadable files and lines go to `report`.
 
-    The records of MODEL_FIRST_KINDS are validated with their model as they are read, and
-    parsed into plain JSON only when asked for; `models_first=False` parses every record.
+    The lines of RECORD_SHAPES kinds are read as bytes and checked against their shape as they
+    are parsed (`RawRecord.fits`); `shapes_first=False` parses every record into plain JSON
+    and leaves the checking to whoever asks. With `batches`, runs of such records that fit come
+    as a `Batch` of up to BATCH_RECORDS (the validation runner's hot path) rather than one by
+    one.
     """
     for records_file in files:
-        model_first = models_first and records_file.kind in MODEL_FIRST_KINDS
+        path = root / records_file.path
         try:
-            with (root / records_file.path).open(encoding="utf-8", newline="") as handle:
-                yield from _records_of(handle, records_file, report, model_first)
+            if shapes_first and records_file.kind in RECORD_SHAPES and records_file.layout in (
+                "list", "jsonl",
+            ):  # fmt: skip
+                with path.open("rb") as binary:
+                    read = (
+                        _shaped_jsonl_records(binary, records_file, report)
+                        if records_file.layout == "jsonl"
+                        else _shaped_list_records(binary, records_file)
+                    )
+                    for item in read:
+                        if batches or type(item) is RawRecord:
+                            yield item
+                        else:
+                            yield from item.raws()
+            else:
+                with path.open(encoding="utf-8", newline="") as handle:
+                    yield from _records_of(handle, records_file, report)
         except UnicodeDecodeError as error:
             report(parse_finding(records_file.path, f"is not UTF-8 text ({error.reason} at byte "
                                  f"{error.start})"))  # fmt: skip
+        except JsonSyntaxError as error:
+            report(parse_finding(records_file.path, f"is not valid JSON: {error.message} at "
+                                 f"line {error.line} column {error.column}"))  # fmt: skip
+        except WrongRootError as error:
+            report(wrong_root_finding(records_file, error))
         except OSError as error:
             report(Finding(
                 validator="schema", severity="error", code="unreadable_file",
@@ -134,13 +165,17 @@ def parse_finding(file: str, problem: str) -> Finding:
     )  # fmt: skip
 
 
-#: What a line holds: its parsed JSON value, or for a kind of MODEL_FIRST_KINDS the pair
-#: (model, error) that `validate_strictly` made of it (JSON never parses to a tuple); None when
-#: the line is not one whole JSON value (for a list: one object), so the stdlib's reader decides.
-LineReader = Callable[[str], Any]
+def wrong_root_finding(records_file: RecordsFile, error: WrongRootError) -> Finding:
+    expected = "an object" if records_file.layout == "object" else "a list"
+    return Finding(
+        validator="schema", severity="error", code="wrong_root_type", file=records_file.path,
+        message=f"{records_file.path} must hold {expected} of "
+        f"{records_file.kind.replace('_', ' ')}s, found {error.found}",
+    )  # fmt: skip
 
 
 def json_object(line: str) -> Any:
+    """A line's one JSON object, or None when it holds something else (the scanner decides)."""
     try:
         value = from_json(line)
     except ValueError:
@@ -148,90 +183,187 @@ def json_object(line: str) -> Any:
     return value if isinstance(value, dict) else None
 
 
-def model_reader(kind: str) -> LineReader:
-    """Lines through the model of `kind`, as `validate_strictly` does: a JSON syntax error (the
-    one error pydantic then reports) says the line is not one whole value; any other error is
-    the model's verdict."""
-    validate = partial(RECORD_MODELS[kind].__pydantic_validator__.validate_json, **STRICTLY)
-
-    def read(line: str) -> tuple[BaseModel | None, ValidationError | None] | None:
-        try:
-            return validate(line), None
-        except ValidationError as error:
-            if error.errors(include_url=False)[0]["type"] == "json_invalid":
-                return None
-            return None, error
-
-    return read
-
-
-def make_record(
-    kind: str, file: str, index: int, value: Any, text: str, line: int | None = None
-) -> RawRecord:
-    if type(value) is tuple:  # validated by a model reader; the JSON is parsed when asked for
-        return RawRecord(kind, file, index, UNPARSED, text, line, None, *value)
-    return RawRecord(kind, file, index, value, text, line)
-
-
-def _records_of(
-    handle: IO[str], records_file: RecordsFile, report: Report, model_first: bool
-) -> Iterator[RawRecord]:
+def _records_of(handle: IO[str], records_file: RecordsFile, report: Report) -> Iterator[RawRecord]:
     file, kind = records_file.path, records_file.kind
     if records_file.layout == "jsonl":
-        yield from _jsonl_records(handle, file, kind, report, model_first)
+        yield from _jsonl_records(handle, file, kind, report)
         return
     stream = JsonStream(handle)
-    try:
-        if records_file.layout == "document":
-            value, text = stream.document()
-            yield RawRecord(kind=kind, file=file, index=0, data=value, text=text)
-        elif records_file.layout == "list":
-            read_line = model_reader(kind) if model_first else json_object
-            for index, (value, text) in enumerate(list_items(handle, read_line)):
-                yield make_record(kind, file, index, value, text)
-        else:
-            for index, (key, value, text) in enumerate(stream.object_items()):
-                yield RawRecord(kind=kind, file=file, index=index, data=value, text=text, key=key)
-    except JsonSyntaxError as error:
-        report(parse_finding(file, f"is not valid JSON: {error.message} at line {error.line} "
-                             f"column {error.column}"))  # fmt: skip
-    except WrongRootError as error:
-        expected = "an object" if records_file.layout == "object" else "a list"
-        report(Finding(
-            validator="schema", severity="error", code="wrong_root_type", file=file,
-            message=f"{file} must hold {expected} of {kind.replace('_', ' ')}s, "
-            f"found {error.found}",
-        ))  # fmt: skip
+    if records_file.layout == "document":
+        value, text = stream.document()
+        yield RawRecord(kind=kind, file=file, index=0, data=value, text=text)
+    elif records_file.layout == "list":
+        for index, (value, text) in enumerate(list_items(handle)):
+            yield RawRecord(kind, file, index, value, text)
+    else:
+        for index, (key, value, text) in enumerate(stream.object_items()):
+            yield RawRecord(kind=kind, file=file, index=index, data=value, text=text, key=key)
 
 
-def _jsonl_records(
-    handle: IO[str], file: str, kind: str, report: Report, model_first: bool
-) -> Iterator[RawRecord]:
-    read_line = model_reader(kind) if model_first else None
+def _jsonl_records(handle: IO[str], file: str, kind: str, report: Report) -> Iterator[RawRecord]:
     index = 0
     for number, line in enumerate(handle, 1):
         text = line.strip()
         if not text:
             continue
-        value = read_line(text) if read_line is not None else None
-        if value is None:
-            try:
-                value = from_json(text)
-            except ValueError:
-                try:  # the stdlib's message and column, which people know
-                    value = json.loads(text)
-                except json.JSONDecodeError as error:
-                    report(parse_finding(file, f"line {number} is not valid JSON: {error.msg} "
-                                         f"at column {error.colno}"))  # fmt: skip
+        value = _parse_line(text, file, number, report)
+        if value is not _UNREADABLE:
+            yield RawRecord(kind, file, index, value, text, line=number)
+            index += 1
+
+
+_UNREADABLE: Any = object()
+
+
+def _parse_line(text: str, file: str, number: int, report: Report) -> Any:
+    """A JSON-lines line's value, or _UNREADABLE once `report` has the stdlib's reason."""
+    try:
+        return from_json(text)
+    except ValueError:
+        try:  # the stdlib's message and column, which people know
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            report(parse_finding(file, f"line {number} is not valid JSON: {error.msg} at column "
+                                 f"{error.colno}"))  # fmt: skip
+            return _UNREADABLE
+
+
+class _Batcher:
+    """Collects the fitting records of a file into Batches, in file order: the reader appends
+    to `batch` and `take`s it when it is full or a record that does not fit comes."""
+
+    def __init__(self, records_file: RecordsFile) -> None:
+        self.kind, self.file = records_file.kind, records_file.path
+        self.jsonl = records_file.layout == "jsonl"
+        self.batch = self.new(0)
+
+    def new(self, first_index: int) -> Batch:
+        return Batch(self.kind, self.file, first_index, lines=[] if self.jsonl else None)
+
+    def take(self, next_index: int) -> list[Batch]:
+        """The batch so far (none if empty), a new one starting at record `next_index`."""
+        batch, self.batch = self.batch, self.new(next_index)
+        return [batch] if batch.records else []
+
+
+def _shaped_jsonl_records(
+    binary: IO[bytes], records_file: RecordsFile, report: Report
+) -> Iterator[RawRecord | Batch]:
+    """A JSON-lines file of a RECORD_SHAPES kind: each line parsed once, through its shape."""
+    file, kind = records_file.path, records_file.kind
+    batcher = _Batcher(records_file)
+    index = number = 0
+    while lines := binary.readlines(CHUNK_CHARS):
+        for line in lines:
+            number += 1
+            text = line.strip()
+            if not text:
+                continue
+            shaped = check_shape(kind, text)
+            if shaped is None:  # not one JSON value, or not UTF-8 (which raises, as text would)
+                yield from batcher.take(index)
+                value = _parse_line(text.decode("utf-8"), file, number, report)
+                if value is _UNREADABLE:
                     continue
-        yield make_record(kind, file, index, value, text, line=number)
+                shaped = (value, False)  # JSON after all (pydantic's parser is the stricter)
+            data, fits = shaped
+            batch = batcher.batch
+            if fits:
+                batch.records.append(data)
+                batch.texts.append(text)
+                batch.lines.append(number)  # type: ignore[union-attr]
+                if len(batch.records) == BATCH_RECORDS:
+                    yield from batcher.take(index + 1)
+            else:
+                yield from batcher.take(index + 1)
+                yield RawRecord.checked(kind, file, index, data, False, text, number)
+            index += 1
+    yield from batcher.take(index)
+
+
+def _shaped_list_records(
+    binary: IO[bytes], records_file: RecordsFile
+) -> Iterator[RawRecord | Batch]:
+    """A JSON list of a RECORD_SHAPES kind, a line at a time while each line holds one whole
+    record (as the build writes them), through its shape; from the first line that does not,
+    the stdlib's scanner reads on (`_resume_list`).
+
+    This loop runs once a record for 100k records: the shape's validator is called in it
+    directly, and fitting records go straight into the current batch.
+    """
+    file, kind = records_file.path, records_file.kind
+    first = binary.readline()
+    if first.strip() != b"[":
+        yield from _resume_list(binary, 0, 1, "open", records_file, 0)
+        return
+    validate = RECORD_SHAPES[kind].validate_json
+    batcher = _Batcher(records_file)
+    offset, number, index = len(first), 1, 0
+    state = "first"  # "first" after '[', "element" after ',', "after" after a record
+    last = first
+    while lines := binary.readlines(CHUNK_CHARS):
+        for line in lines:
+            number, last = number + 1, line
+            body = line.strip()
+            if not body:
+                offset += len(line)
+                continue
+            if body == b"]" and state != "element":
+                yield from batcher.take(index)
+                JsonStream(_text_from(binary, offset + len(line)), line=number + 1).expect_end()
+                return
+            record = body[:-1] if body.endswith(b",") else body
+            data = None  # unless the line holds one whole record: then the scanner decides
+            if state != "after" and record.startswith(b"{"):
+                try:
+                    data = validate(record, strict=True)
+                    fits = alternates(data["conversations"])
+                except ValidationError as error:
+                    if error.errors(include_url=False)[0]["type"] != "json_invalid":
+                        data, fits = UNPARSED, False
+            if data is None:
+                yield from batcher.take(index)
+                yield from _resume_list(binary, offset, number, state, records_file, index)
+                return
+            batch = batcher.batch
+            if fits:
+                batch.records.append(data)
+                batch.texts.append(record)
+                if len(batch.records) == BATCH_RECORDS:
+                    yield from batcher.take(index + 1)
+            else:
+                yield from batcher.take(index + 1)
+                yield RawRecord.checked(kind, file, index, data, False, record)
+            index += 1
+            state = "element" if record is not body else "after"
+            offset += len(line)
+    yield from batcher.take(index)
+    # At the end of the file, where json.loads reports it too.
+    end = (number + 1, 1) if last.endswith(b"\n") else (number, len(last.decode("utf-8")) + 1)
+    raise JsonSyntaxError("Unexpected end of file, the list is not closed", *end)
+
+
+def _text_from(binary: IO[bytes], offset: int) -> IO[str]:
+    """The file as text from byte `offset` (the start of a line) on."""
+    binary.seek(offset)
+    return io.TextIOWrapper(binary, encoding="utf-8", newline="")
+
+
+def _resume_list(
+    binary: IO[bytes], offset: int, number: int, state: str, records_file: RecordsFile,
+    index: int,
+) -> Iterator[RawRecord]:  # fmt: skip
+    """The list's elements from the line at byte `offset` (line `number`) on, through the
+    stdlib's scanner; `state` says where in the list that line starts."""
+    stream = JsonStream(_text_from(binary, offset), line=number)
+    for value, text in stream.list_items(state):
+        yield RawRecord(records_file.kind, records_file.path, index, value, text)
         index += 1
 
 
-def list_items(handle: IO[str], read_line: LineReader = json_object) -> Iterator[tuple[Any, str]]:
+def list_items(handle: IO[str]) -> Iterator[tuple[Any, str]]:
     """The elements of a JSON list, with their text: a line at a time while each line holds one
-    whole record (as the build writes them), through `JsonStream` from the first that does not.
-    A line's element is what `read_line` makes of it; the scanner's are plain JSON values."""
+    whole record (as the build writes them), through `JsonStream` from the first that does not."""
     first = handle.readline()
     if first.strip() != "[":
         yield from JsonStream(handle, text=first).list_items()
@@ -248,7 +380,7 @@ def list_items(handle: IO[str], read_line: LineReader = json_object) -> Iterator
             return
         record = body[:-1] if body.endswith(",") else body
         if state != "after" and record.startswith("{"):
-            value = read_line(record)
+            value = json_object(record)
             if value is not None:  # else not one whole record on this line: the scanner decides
                 yield value, record
                 state = "element" if record is not body else "after"

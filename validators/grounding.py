@@ -23,8 +23,15 @@ from adinstruct.builder.describe.template import (
     humanise,
     object_phrase,
 )
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, SampleFacts, Severity, Validator
+from adinstruct.schemas.instruct import InstructionRecordJSON
+from adinstruct.validators.base import (
+    Batch,
+    Finding,
+    FolderContext,
+    SampleFacts,
+    Severity,
+    Validator,
+)
 
 # Python's regex engine scans fast for a pattern that starts with a literal and slowly for one
 # that starts with \b or an alternation, so searches below run on lower-cased text, start with
@@ -405,28 +412,47 @@ class GroundingValidator(Validator):
     # -- per record ---------------------------------------------------------------------
 
     def check(
-        self, record: InstructionRecord, file: str, context: FolderContext
+        self, record: InstructionRecordJSON, file: str, context: FolderContext
     ) -> Iterable[Finding]:
+        return self.check_batch(Batch("instruction_record", file, 0, [record]), context)
+
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
         if context is not self._context:
             self._context, self._vocabularies, self._subjects = context, {}, {}
             for cache in (self.subject, self.checked, self.checked_record):
                 cache.cache_clear()
-        meta = record.metadata
-        sample_id = meta.sample_id
-        facts, subject = self.subject(sample_id, meta.source, meta.category, meta.anomaly)
-        if facts is not context.samples.get(sample_id):  # samples.jsonl was read on since
-            self.subject.cache_clear()
-            facts, subject = self.subject(sample_id, meta.source, meta.category, meta.anomaly)
-        turns = record.conversations
-        # The model has the turns alternate from a human one, so the answers are the odd turns.
-        checked = self.checked_record(subject, *[turns[i].value for i in range(1, len(turns), 2)])
-        self.count_answers(meta.task_family, file, record.id, checked.votes)
-        if not checked.specs:
-            return ()
-        return [
-            self.finding(severity, code, message, file=file, record_id=record.id)
-            for severity, code, message in checked.specs
-        ]
+        file, samples = batch.file, context.samples
+        subject_of, checked_record = self.subject, self.checked_record
+        hitters_of, files_of = self.answers_by_family, self.files_by_family
+        findings: list[Finding] = []
+        for record in batch.records:
+            meta = record["metadata"]
+            sample_id, source, category, anomaly = (
+                meta["sample_id"], meta["source"], meta["category"], meta["anomaly"]
+            )  # fmt: skip
+            facts, subject = subject_of(sample_id, source, category, anomaly)
+            if facts is not samples.get(sample_id):  # samples.jsonl was read on since
+                subject_of.cache_clear()
+                facts, subject = subject_of(sample_id, source, category, anomaly)
+            turns = record["conversations"]
+            # The record fits its model: the turns alternate from a human one, so the answers
+            # are the odd turns.
+            checked = checked_record(subject, *[turns[i]["value"] for i in range(1, len(turns), 2)])
+            record_id, family = record["id"], meta["task_family"]
+            hitters = hitters_of.get(family) or self.new_family(family)
+            files_of[family][file] += 1
+            hitters.records += 1
+            counts = hitters.counts
+            for key, turn in checked.votes:
+                if key in counts:  # HeavyHitters.add's common case, without the call
+                    counts[key] += 1
+                else:
+                    hitters.add(key, record_id, turn)
+            for severity, code, message in checked.specs:
+                findings.append(
+                    self.finding(severity, code, message, file=file, record_id=record_id)
+                )
+        return findings
 
     def make_subject(
         self, sample_id: str, source: str, category: str, anomaly: bool
@@ -628,17 +654,12 @@ class GroundingValidator(Validator):
 
     # -- across records -----------------------------------------------------------------
 
-    def count_answers(
-        self, family: str, file: str, record_id: str, votes: tuple[tuple[int, int], ...]
-    ) -> None:
-        hitters = self.answers_by_family.get(family)
-        if hitters is None:
-            hitters = self.answers_by_family[family] = HeavyHitters(self.boilerplate_capacity)
-            self.files_by_family[family] = defaultdict(int)
-        self.files_by_family[family][file] += 1
-        hitters.records += 1
-        for key, turn in votes:
-            hitters.add(key, record_id, turn)
+    def new_family(self, family: str) -> HeavyHitters:
+        """The answer counts of a task family seen for the first time (`check_batch` counts
+        each record's answers there, and the records of each file)."""
+        hitters = self.answers_by_family[family] = HeavyHitters(self.boilerplate_capacity)
+        self.files_by_family[family] = defaultdict(int)
+        return hitters
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:
         findings = []

@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from adinstruct.builder.io import sha256_file
-from adinstruct.validators.base import Finding, FolderContext, RawRecord, Validator
+from adinstruct.validators.base import Batch, Finding, FolderContext, RawRecord, Validator
 from adinstruct.validators.folder import IMAGES_DIR
 
 MASKS_DIR = "masks"
@@ -131,20 +131,23 @@ class IntegrityValidator(Validator):
         self.sources_with_masks: set[str] = set()
         self.sample_ids: set[str] = set()
         self.outputs: list[tuple[dict[str, Any], Reference]] = []
+        #: (image, mask, anomaly, sample id) of instruction records that passed already: one
+        #: per record shape of a sample, so it grows with the samples, not the records.
+        self.clean: set[tuple[tuple[str, ...], str | None, bool, str]] = set()
 
     # -- per record: strings only ------------------------------------------------------
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
         findings: list[Finding] = []
         kind = raw.kind
-        if kind == "instruction_record":
-            record: Any = raw.model()
-            if record is not None:  # the same strings as the JSON, without parsing it again
-                meta = record.metadata
-                self.check_record(
-                    raw, record.image, meta.mask, meta.anomaly, meta.sample_id, context, findings
-                )
-                return findings
+        if kind == "instruction_record" and raw.fits:  # every key there, with its type
+            record = raw.data
+            meta = record["metadata"]
+            self.check_record(
+                raw, record["image"], meta.get("mask"), meta["anomaly"], meta["sample_id"],
+                context, findings,
+            )  # fmt: skip
+            return findings
         data = raw.data
         if not isinstance(data, dict):
             return ()
@@ -172,6 +175,31 @@ class IntegrityValidator(Validator):
             for output in outputs if isinstance(outputs, list) else ():
                 if isinstance(output, dict) and isinstance(output.get("path"), str):
                     self.outputs.append((output, Reference(raw.file, None, raw.where)))
+        return findings
+
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        """Fitting instruction records; a sample's records name the same image, mask, label and
+        sample id, so after the first that passes the rest only add to the references' counts."""
+        findings: list[Finding] = []
+        images, masks, clean = self.images, self.masks, self.clean
+        for position, record in enumerate(batch.records):
+            meta = record["metadata"]
+            image, mask, anomaly, sample_id = (
+                record["image"], meta.get("mask"), meta["anomaly"], meta["sample_id"]
+            )  # fmt: skip
+            paths = (image,) if type(image) is str else tuple(image)
+            key = (paths, mask, anomaly, sample_id)
+            if key in clean:
+                for path in paths:
+                    images[path].count += 1
+                if mask is not None:
+                    masks[mask].count += 1
+                continue
+            before = len(findings)
+            raw = batch.raw(position)
+            self.check_record(raw, image, mask, anomaly, sample_id, context, findings)
+            if len(findings) == before:
+                clean.add(key)
         return findings
 
     def error(self, raw: RawRecord, code: str, message: str) -> Finding:

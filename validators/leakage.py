@@ -46,8 +46,7 @@ from adinstruct.builder.annotate.decode import PIL_DATA_ERRORS
 from adinstruct.builder.annotate.hashing import HIGH_BIT_DEPTH_MODES, PHASH_SIDE, phash, sha256_hex
 from adinstruct.builder.errors import PathEscapeError
 from adinstruct.builder.paths import resolve_inside
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, Validator
+from adinstruct.validators.base import Batch, Finding, FolderContext, Validator
 
 IMAGES_DIR = "images"
 BENCHMARK_DIR = "benchmark"
@@ -254,13 +253,13 @@ class LeakageValidator(Validator):
         #: What the last `finish` compared, for reports and benchmarks.
         self.stats: dict[str, int] = {}
 
-    def check(
-        self, record: InstructionRecord, file: str, context: FolderContext
-    ) -> Iterable[Finding]:
-        image, training = record.image, self.training
-        for shown in (image,) if type(image) is str else image:
-            if shown not in training:
-                training[shown] = (file, record.id)
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        training, file = self.training, batch.file
+        for record in batch.records:
+            image = record["image"]
+            for shown in (image,) if type(image) is str else image:
+                if shown not in training:
+                    training[shown] = (file, record["id"])
         return ()
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:

@@ -2,18 +2,20 @@
 
 One pass, in file order (manifest, samples, quarantine, instruct/, benchmark/): each record
 goes to the `check_raw` of every validator that wants its kind, and each instruction record
-the model accepts to every `check`; then each validator's `finish`. The reader validates each
-instruction record with its model as it reads it, and makes its plain JSON only for a check
-that asks (`RawRecord.data`), so that a record is parsed once. Memory holds one record
+that fits its model to every `check`, as its JSON; then each validator's `finish`. The reader
+checks each instruction record against its strict shape as it parses it, so that a record is
+parsed once and no model object is made. Memory holds one record
 at a time plus what validators keep (the samples' facts, one entry per distinct file); the
 report counts every finding but keeps at most `max_findings_per_code` of each code.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -23,7 +25,15 @@ from pydantic import BaseModel, Field
 from adinstruct import __version__
 from adinstruct.builder.io import write_json
 from adinstruct.builder.progress import Progress
-from adinstruct.validators.base import Finding, FolderContext, Severity, Validator
+from adinstruct.validators.base import (
+    RECORD_SHAPES,
+    Batch,
+    Finding,
+    FolderContext,
+    RawRecord,
+    Severity,
+    Validator,
+)
 from adinstruct.validators.folder import (
     MANIFEST_FILE,
     RecordsFile,
@@ -38,11 +48,6 @@ DEFAULT_MAX_FINDINGS_PER_CODE = 100
 #: Progress is advanced in steps of this many records: a call per record would cost more
 #: than some of the checks.
 PROGRESS_STEP = 1024
-#: Per-record hooks are timed on every one of a file's first TIMED_RECORDS records (the schema
-#: check runs its JSON Schema there) and then on one record in TIMING_STEP, that time scaled up:
-#: two clock reads around each of seven hooks would cost a tenth of a record's budget.
-TIMED_RECORDS = 64
-TIMING_STEP = 16
 
 
 class CodeCount(BaseModel):
@@ -59,7 +64,7 @@ class ValidatorSummary(BaseModel):
     warnings: int = 0
     seconds: float = Field(
         default=0.0,
-        description="Time in its hooks, finish included (per-record hooks: sampled, scaled up).",
+        description="Time in its hooks, finish included.",
     )
 
 
@@ -154,6 +159,10 @@ def expected_records(root: Path, files: list[RecordsFile]) -> int | None:
     return sum(listed.get(f.path, 1) for f in files)
 
 
+def fits_a_shape(raw: RawRecord) -> bool:
+    return raw.kind in RECORD_SHAPES and raw.fits
+
+
 def overrides(validator: Validator, hook: str) -> bool:
     return getattr(type(validator), hook) is not getattr(Validator, hook)
 
@@ -180,6 +189,22 @@ def validate_folder(
     return run_validators(root, files, chosen, progress, max_findings_per_code, on_finding, started)
 
 
+@contextmanager
+def cyclic_collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while records stream through. Each record parses
+    into a dozen new dicts and lists, so the collector would run every few dozen records and
+    walk every young object (a sixth of the whole run, measured); the records are plain JSON,
+    which holds no cycle, and are freed by reference counting the moment they are checked, so
+    nothing piles up meanwhile. The collector is back on (if it was) however the loop ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_validators(
     root: Path,
     files: list[RecordsFile],
@@ -193,68 +218,60 @@ def run_validators(
     collector = FindingCollector(max_findings_per_code, on_finding)
     add = collector.add
     seconds = [0.0] * len(chosen)
+    clock = perf_counter
     raw_hooks: dict[str, list[tuple[int, Any]]] = {}
     for position, validator in enumerate(chosen):
         if overrides(validator, "check_raw"):
             for kind in validator.raw_kinds:
                 raw_hooks.setdefault(kind, []).append((position, validator.check_raw))
-    model_hooks = [
-        (position, validator.check)
+    batch_hooks = [
+        (position, validator.check_batch)
         for position, validator in enumerate(chosen)
-        if overrides(validator, "check")
+        if overrides(validator, "check_batch")
+        or overrides(validator, "check")
+        or (overrides(validator, "check_raw") and "instruction_record" in validator.raw_kinds)
     ]
+
+    def check_batch(batch: Batch) -> None:
+        for position, hook in batch_hooks:
+            tick = clock()
+            for finding in hook(batch, context):
+                add(finding)
+            seconds[position] += clock() - tick
+
     per_file: dict[str, int] = {}
     progress.start("validate", total=expected_records(root, files))
-    clock = perf_counter
-    count = 0
-    file, kind, hooks, checks = "", "", (), ()
-    # The hot loop: 25,000 records a second leave 40 µs a record for everything, the model's
-    # parse (about half of it) included, so the hooks are looked up once per file, timed on a
-    # sample of the records, and findings are only iterated when a hook returned some (an
-    # empty tuple or list is falsy).
-    for raw in iter_records(root, files, add):
-        if raw.file != file:
-            file, kind = raw.file, raw.kind
-            hooks = raw_hooks.get(kind, ())
-            checks = model_hooks if kind == "instruction_record" else ()
-        index = raw.index
-        per_file[file] = index + 1
-        if kind == "sample":
-            add_sample(context, raw.data)
-        model = raw.model() if checks else None  # validated once, by the reader already
-        if index >= TIMED_RECORDS and index % TIMING_STEP:
-            for _, hook in hooks:
-                findings = hook(raw, context)
-                if findings:
-                    for finding in findings:
-                        add(finding)
-            if model is not None:
-                for _, check in checks:
-                    findings = check(model, file, context)
-                    if findings:
-                        for finding in findings:
-                            add(finding)
-        else:  # the same calls, timed
-            weight = 1 if index < TIMED_RECORDS else TIMING_STEP
-            for position, hook in hooks:
-                tick = clock()
-                findings = hook(raw, context)
-                if findings:
-                    for finding in findings:
-                        add(finding)
-                seconds[position] += (clock() - tick) * weight
-            if model is not None:
-                for position, check in checks:
+    count = advanced = 0
+    file, hooks = "", ()
+    # The hot loop. Records of a RECORD_SHAPES kind that fit (nearly every instruction record)
+    # come from the reader in batches, and each validator checks a batch in a tight loop; the
+    # rest (and every other kind) go through the per-record hooks. Every hook is timed.
+    with cyclic_collector_paused():
+        for item in iter_records(root, files, add, batches=bool(batch_hooks)):
+            if item.file != file:
+                file = item.file
+                hooks = raw_hooks.get(item.kind, ())
+            if type(item) is not Batch and batch_hooks and fits_a_shape(item):
+                item = Batch.of(item)  # one the reader could not batch (a hand-edited list)
+            if type(item) is Batch:
+                per_file[file] = item.first_index + len(item.records)
+                count += len(item.records)
+                check_batch(item)
+            else:
+                raw = item
+                per_file[file] = raw.index + 1
+                count += 1
+                if raw.kind == "sample":
+                    add_sample(context, raw.data)
+                for position, hook in hooks:
                     tick = clock()
-                    findings = check(model, file, context)
-                    if findings:
-                        for finding in findings:
-                            add(finding)
-                    seconds[position] += (clock() - tick) * weight
-        count += 1
-        if count % PROGRESS_STEP == 0:
-            progress.advance(PROGRESS_STEP)
-    progress.advance(count % PROGRESS_STEP)
+                    for finding in hook(raw, context):
+                        add(finding)
+                    seconds[position] += clock() - tick
+            if count - advanced >= PROGRESS_STEP:
+                progress.advance(count - advanced)
+                advanced = count
+    progress.advance(count - advanced)
     progress.finish()
     progress.start("finish", total=len(chosen))
     for position, validator in enumerate(chosen):

@@ -1,16 +1,19 @@
 """The schema check: every record of every known file against the JSON Schema files in schemas/.
 
 jsonschema costs about 0.4 ms for an instruction record and 1.3 ms for a sample, ten to fifty
-times the validate budget (25,000 records/s with every validator). So each record goes first
-through its pydantic model, validated strictly and by alias only (`RawRecord.model`): the
-schema files are exported from these models (a test keeps them equal), and so validated the
-model accepts nothing that they reject (a test mutates real records to hold it to that; the
-one gap, a key spelled as an aliased field's Python name, sends the record to the schema).
-The schema itself, one compiled Draft 2020-12 validator per kind, runs on the first
-`schema_every_record_until` records of each file (a tool whose output departs from the
-contract does so from its first record) and on every record that the model rejects, which
-gives the findings their exact JSON path. `SchemaValidator(schema_every_record_until=None)`
-checks every record with the schema, at about 2,500 records/s.
+times the validate budget (25,000 records/s with every validator), and importing it and
+compiling the schemas a few tenths of a second more. So each record is checked against the
+contract the schema files state without running them: instruction records against their
+strict shape (`RECORD_SHAPES`), the other kinds through their pydantic model, strictly and by
+alias only (`RawRecord.fits`). The schema files are exported from these models (a test keeps
+them equal), and so checked the shapes and models accept nothing that the files reject: tests
+mutate real records of every kind to hold them to that (the one gap of the models, a key
+spelled as an aliased field's Python name, sends the record to the schema).
+
+The schema itself, one compiled Draft 2020-12 validator per kind, runs on every record that
+does not fit, which gives the findings their exact JSON path, and, with
+`SchemaValidator(schema_every_record_until=N)`, on the first N records of each file as well
+(None: on every record, at about 2,500 records/s).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from adinstruct.builder.errors import ConfigError
 from adinstruct.schemas.export_json import load_schema
 from adinstruct.validators.base import (
     RECORD_MODELS,
+    RECORD_SHAPES,
+    Batch,
     Finding,
     FolderContext,
     RawRecord,
@@ -77,7 +82,11 @@ _FIELD_NAME_PATTERNS = {
 
 def uses_field_names(raw: RawRecord) -> bool:
     """Whether the record's text holds an aliased field's Python name as a JSON string (a
-    key, almost surely: inside a string value its quotes would be escaped)."""
+    key, almost surely: inside a string value its quotes would be escaped). Records of a
+    RECORD_SHAPES kind need no search: their shape knows only the JSON keys, so such a key is
+    an extra one, and the record does not fit."""
+    if raw.kind in RECORD_SHAPES:
+        return False
     pattern = _FIELD_NAME_PATTERNS.get(raw.kind)
     return pattern is not None and pattern.search(raw.text) is not None
 
@@ -112,7 +121,7 @@ class SchemaValidator(Validator):
     name = "schema"
     raw_kinds = frozenset(RECORD_MODELS)
 
-    def __init__(self, schema_every_record_until: int | None = 25) -> None:
+    def __init__(self, schema_every_record_until: int | None = 0) -> None:
         self.schema_every_record_until = schema_every_record_until
         self._schemas: dict[str, JsonValidator] = {}
 
@@ -123,19 +132,25 @@ class SchemaValidator(Validator):
         return schema
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
-        model = raw.model()
+        fits = raw.fits
         limit = self.schema_every_record_until
-        if (
-            model is not None
-            and limit is not None
-            and raw.index >= limit
-            and not uses_field_names(raw)
-        ):
+        if fits and limit is not None and raw.index >= limit and not uses_field_names(raw):
             return ()
         findings = self.schema_findings(raw)
-        if findings or model is not None:
+        if findings or fits:
             return findings
         return self.model_only_findings(raw)
+
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        """Records that fit their model: the schema runs on a file's first ones only."""
+        limit = self.schema_every_record_until
+        if limit is not None and batch.first_index >= limit:
+            return ()
+        findings: list[Finding] = []
+        for raw in batch.raws():
+            if limit is None or raw.index < limit:
+                findings += self.schema_findings(raw)
+        return findings
 
     def schema_findings(self, raw: RawRecord) -> list[Finding]:
         findings = []

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from adinstruct.schemas import InstructionRecord
-from adinstruct.validators.base import Finding, FolderContext, Validator
+from adinstruct.validators.base import Batch, Finding, FolderContext, Validator
 from adinstruct.validators.leakage import benchmark_images
 
 
@@ -35,14 +34,14 @@ class ZeroShotValidator(Validator):
         self.trained: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.first_record: dict[str, tuple[str, str]] = {}
 
-    def check(
-        self, record: InstructionRecord, file: str, context: FolderContext
-    ) -> Iterable[Finding]:
-        meta = record.metadata
-        source = meta.source
-        self.trained[(source, meta.category)] += 1
-        if source not in self.first_record:
-            self.first_record[source] = (file, record.id)
+    def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        trained, first_record, file = self.trained, self.first_record, batch.file
+        for record in batch.records:
+            meta = record["metadata"]
+            source = meta["source"]
+            trained[(source, meta["category"])] += 1
+            if source not in first_record:
+                first_record[source] = (file, record["id"])
         return ()
 
     def finish(self, context: FolderContext) -> Iterable[Finding]:
