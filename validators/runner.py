@@ -1,12 +1,13 @@
 """`validate`: stream every records file of a built folder through the validators, and report.
 
 One pass, in file order (manifest, samples, quarantine, instruct/, benchmark/): each record
-goes to the `check_raw` of every validator that wants its kind, and each instruction record
-that fits its model to every `check`, as its JSON; then each validator's `finish`. The reader
-checks each instruction record against its strict shape as it parses it, so that a record is
-parsed once and no model object is made. Memory holds one record
-at a time plus what validators keep (the samples' facts, one entry per distinct file); the
-report counts every finding but keeps at most `max_findings_per_code` of each code.
+goes to the `check_raw` of every validator that wants its kind, except the instruction records
+that fit their model, which come in batches to every validator's `check_batch` (by default its
+`check`, and its `check_raw` if it reads instruction records), as their JSON; then each
+validator's `finish`. The reader checks each instruction record against its strict shape as it
+parses it, so that a record is parsed once and no model object is made. Memory holds one batch
+of records at a time plus what validators keep (the samples' facts, one entry per distinct
+file); the report counts every finding but keeps at most `max_findings_per_code` of each code.
 """
 
 from __future__ import annotations
