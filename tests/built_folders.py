@@ -6,6 +6,9 @@ tests check validators against exactly what `build-dataset validate` gives them.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from adinstruct.builder.demo import generate_demo_tree
@@ -45,3 +48,24 @@ def validate_records(root: Path, *validators: Validator) -> list[Finding]:
     )  # fmt: skip
     names = {validator.name for validator in validators}
     return [finding for finding in findings if finding.validator in names]
+
+
+def console_script() -> Path:
+    """The installed `build-dataset`, as a user runs it."""
+    script = Path(sys.executable).parent / "build-dataset"
+    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
+    return script
+
+
+#: The environment without OpenAI settings: the demo must need no key and no network.
+NO_LLM = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI")}
+
+
+def run_demo(out: Path) -> Path:
+    """`build-dataset demo --out OUT` as the README runs it; the folder it built."""
+    result = subprocess.run(
+        [console_script(), "demo", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=NO_LLM,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out

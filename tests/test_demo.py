@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
+
+from built_folders import NO_LLM, console_script
 
 from adinstruct.builder.demo import generate_demo_tree, generate_holdout_tree
 from adinstruct.schemas import Manifest, Sample
 
 
-def console_script() -> Path:
-    script = Path(sys.executable).parent / "build-dataset"
-    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
-    return script
-
-
 def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
     out = tmp_path / "demo"
     # No key and no network: the demo must not need either.
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
     result = subprocess.run(
         [console_script(), "demo", "--out", str(out), "--workers", "2"],
-        capture_output=True, text=True, timeout=300, env=environment,
+        capture_output=True, text=True, timeout=300, env=NO_LLM,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     generated = {
@@ -86,7 +78,7 @@ def test_demo_builds_a_folder_whose_counts_match_the_generated_sample(tmp_path):
     # Running the demo again into the same folder replaces its synthetic trees, same bytes out.
     again = subprocess.run(
         [console_script(), "demo", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=300, env=environment,
+        capture_output=True, text=True, timeout=300, env=NO_LLM,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     rebuilt = Manifest.model_validate_json((out / "manifest.json").read_text())

@@ -8,15 +8,13 @@ folder's own files, which the test parses itself.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import yaml
+from built_folders import run_demo
 from datasets import Image, List
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -40,22 +38,9 @@ from adinstruct.schemas import Manifest, SourceInfo
 CONFIGS = ["instruct", "detection", "reasoning", "mmad", "samples"]
 
 
-def console_script() -> Path:
-    script = Path(sys.executable).parent / "build-dataset"
-    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
-    return script
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("built") / "demo"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
-    result = subprocess.run(
-        [console_script(), "demo", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=300, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+    return run_demo(tmp_path_factory.mktemp("built") / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from built_folders import run_demo
 from PIL import Image
 
 from adinstruct.builder.annotate.geometry import rle_decode, rle_encode
@@ -44,12 +45,6 @@ from adinstruct.schemas import RLE, QuarantineEntry
 
 PAYLOAD = "<script>alert(1)</script>"
 BROWSER_TIMEOUT = 120
-
-
-def console_script() -> Path:
-    script = Path(sys.executable).parent / "build-dataset"
-    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
-    return script
 
 
 def chromium() -> str:
@@ -252,14 +247,7 @@ def devtools(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "demo"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
-    result = subprocess.run(
-        [console_script(), "demo", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=300, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+    return run_demo(tmp_path_factory.mktemp("report") / "demo")
 
 
 @pytest.fixture(scope="module")

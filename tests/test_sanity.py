@@ -10,7 +10,6 @@ to disk, with ALFA prompts from the OpenAI stand-in on 127.0.0.1 and without any
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
+from built_folders import NO_LLM, console_script  # noqa: E402
 from detector_models import (  # noqa: E402
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
@@ -43,13 +43,6 @@ from adinstruct.validators.detector.sanity import SanityMetrics, run_sanity  # n
 from adinstruct.validators.runner import validate_folder  # noqa: E402
 
 CATEGORIES = ("bottle", "tile")
-NO_LLM = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI")}
-
-
-def console_script() -> Path:
-    script = Path(sys.executable).parent / "build-dataset"
-    assert script.is_file(), f"{script} is missing: install the package (pip install -e .)"
-    return script
 
 
 @pytest.fixture(scope="module")
