@@ -150,6 +150,10 @@ def build(
     images: Annotated[
         str, typer.Option(help="How record images reach DIR/images: copy or hardlink.")
     ] = "copy",
+    views: Annotated[
+        int,
+        typer.Option(help="Views rendered of each 3D sample (point cloud): 4 or 9, as Anomaly-OV."),
+    ] = 4,
     detail: Annotated[str, typer.Option(help="Image detail for the LLM: low, high, auto.")] = (
         "high"
     ),
@@ -193,6 +197,7 @@ def build(
         seed=seed,
         dry_run=dry_run,
         images=images,
+        views=views,
         instruct=instruct_config(recipe, describer, model, llm, holdout),
     )
     if dry_run:

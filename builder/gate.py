@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adinstruct.builder.images import shown_paths
 from adinstruct.builder.io import atomic_writer, record_line
 from adinstruct.builder.progress import Progress
 from adinstruct.schemas import QuarantineEntry
@@ -58,7 +59,18 @@ def record_images(data: Any, key: str | None) -> list[str]:
     if not isinstance(data, dict):
         return []
     if isinstance(data.get("image_paths"), list) and isinstance(data.get("source"), str):
-        return [f"{data['source']}/{path}" for path in data["image_paths"] if isinstance(path, str)]
+        # A sample: what its records show (a 3D sample's renders), by the rule records follow.
+        renders = data.get("render_paths")
+        return shown_paths(
+            data["source"],
+            [path for path in data["image_paths"] if isinstance(path, str)],
+            [path for path in renders if isinstance(path, str)]
+            if isinstance(renders, list)
+            else [],
+            str(data.get("modality", "rgb")),
+            # Every image of a sample goes with it, as before: not only the first.
+            view_count=len(data["image_paths"]),
+        )
     image = data.get("image")
     images = image if isinstance(image, list) else [image]
     return [path for path in images if isinstance(path, str)]

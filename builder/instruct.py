@@ -22,6 +22,7 @@ from adinstruct.builder.io import atomic_writer, read_samples
 from adinstruct.builder.progress import Progress, StatsOnly
 
 if TYPE_CHECKING:
+    from adinstruct.builder.annotate.renders import RenderFolders
     from adinstruct.builder.describe.batch import BatchRunner
     from adinstruct.builder.describe.engine import Engine
 
@@ -184,8 +185,12 @@ def make_describer(
     roots: dict[str, Path],
     annotated: Path,
     progress: Progress,
+    renders: RenderFolders | None = None,
 ) -> tuple[Describer, Engine | BatchRunner | None]:
-    """The recipe's describer; for openai also the engine, whose totals go into the manifest."""
+    """The recipe's describer; for openai also the engine, whose totals go into the manifest.
+
+    `renders` is where annotate drew the 3D samples' views and highlight views.
+    """
     if config.describer == "template":
         return TemplateDescriber(), None
     from adinstruct.builder.describe.cache import AnswerCache
@@ -217,5 +222,6 @@ def make_describer(
         config=PromptConfig(model=config.model, detail=options.detail),
         engine=engine,
         references=pick_references(read_samples(annotated)),
+        renders=renders,
     )
     return describer, engine

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,7 @@ from adinstruct import __version__
 from adinstruct.builder.annotate import AnnotateStage
 from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE
 from adinstruct.builder.annotate.hashing import PHASH_RECIPE
+from adinstruct.builder.annotate.renders import DEFAULT_RENDER_SIZE, RenderFolders
 from adinstruct.builder.annotate.stage import DEFAULT_MAX_IMAGE_PIXELS
 from adinstruct.builder.compose.benchmark import (
     MMAD_FILE,
@@ -62,6 +63,9 @@ from adinstruct.schemas import (
 )
 
 WORK_DIR = ".adinstruct-work"
+#: Inside the work folder: what annotate draws for 3D samples (`RenderFolders`). Views are
+#: placed into DIR/images with their sample; highlight views never leave it, and go with it.
+RENDERS_WORK_DIR = "renders"
 VALIDATION_FILE = "validation.json"
 SAMPLES_FILE = "samples.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -89,6 +93,9 @@ class BuildConfig(BaseModel):
     validate_output: bool = Field(
         default=True, description="Validate the folder at the end, quarantining bad records."
     )
+    views: Literal[4, 9] = Field(
+        default=4, description="Rendered views per 3D sample (Anomaly-OV's 4 or 9)."
+    )
 
     def public_config(self, held_out: frozenset[str] = frozenset()) -> dict[str, Any]:
         return {
@@ -100,6 +107,8 @@ class BuildConfig(BaseModel):
                 "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
                 "grid_min_share": DEFAULT_GRID_MIN_SHARE,
                 "phash": PHASH_RECIPE,
+                "views": self.views,
+                "render_size": DEFAULT_RENDER_SIZE,
             },
             "instruct": provenance(self.instruct, self.seed) | {"held_out": sorted(held_out)}
             if self.instruct
@@ -275,6 +284,10 @@ def output_file(out: Path, name: str, records: int) -> OutputFile:
     )
 
 
+def render_folders(work: Path) -> RenderFolders:
+    return RenderFolders(work / RENDERS_WORK_DIR)
+
+
 @contextmanager
 def work_folder(out: Path) -> Iterator[Path]:
     """A scratch folder inside the output, removed however the build ends."""
@@ -323,7 +336,11 @@ def annotate_sources(
     spool_listing(builders, listing, quarantine, tallies, progress)
     chosen = chosen_positions(tallies, config.limit, config.seed)
     selected = sum(len(chosen[name]) if chosen else tally.listed for name, tally in tallies.items())
-    stage = AnnotateStage(roots={builder.name: str(builder.root) for builder in builders})
+    stage = AnnotateStage(
+        roots={builder.name: str(builder.root) for builder in builders},
+        renders=str(render_folders(work).root),
+        views=config.views,
+    )
     progress.start("annotate", total=selected)
     annotated = work / "annotated.jsonl"
     with annotated.open("w", encoding="utf-8") as spool_handle:
@@ -356,7 +373,9 @@ def estimate(config: BuildConfig, progress: Progress | None = None) -> DryRunEst
         if config.instruct is None:
             return DryRunEstimate()
         roots = {builder.name: builder.root for builder in builders}
-        describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
+        describer, engine = make_describer(
+            config.instruct, out, roots, annotated, progress, render_folders(work)
+        )
         if engine is None or not isinstance(describer, OpenAIDescriber):
             return DryRunEstimate()  # the template describer sends nothing
         plan = benchmark_plan(config, annotated, held_out)
@@ -389,10 +408,12 @@ def build(
         annotated, stages = annotate_sources(config, used, work, quarantine, tallies, progress)
         describer = None
         if config.instruct is not None:
-            describer, engine = make_describer(config.instruct, out, roots, annotated, progress)
+            describer, engine = make_describer(
+                config.instruct, out, roots, annotated, progress, render_folders(work)
+            )
         written, outputs = finish_samples(
             out, annotated, config, describer, roots, quarantine, tallies, progress, stages,
-            held_out,
+            held_out, render_folders(work),
         )  # fmt: skip
     manifest = Manifest(
         toolkit_version=__version__,
@@ -492,18 +513,21 @@ def finish_samples(
     progress: Progress,
     stages: dict[str, dict[str, int]],
     held_out: frozenset[str] = frozenset(),
+    folders: RenderFolders | None = None,
 ) -> tuple[int, list[tuple[str, int]]]:
     """Write samples.jsonl from the annotated spool, through the recipes when there are any.
 
+    `folders` is where annotate drew the 3D samples' views, placed with their samples.
     Returns the samples written and the recipes' output files with their record counts.
     """
+    rendered = folders.views if folders is not None else None
     passed = stages["annotate"]["out"]
     with atomic_writer(out / SAMPLES_FILE) as samples_handle:
         if config.instruct is None or describer is None:
             # Every folder holds the images its samples name, so that it validates on its own.
             for sample in read_samples(annotated):
                 samples_handle.write(record_line(sample))
-                place_sample_files(sample, roots[sample.source], out, config.images)
+                place_sample_files(sample, roots[sample.source], out, config.images, rendered)
                 tallies[sample.source].count_sample(sample)
             return passed, []
         recipe = config.instruct
@@ -525,7 +549,7 @@ def finish_samples(
         progress.start("describe", total=wanted)
         tally = write_recipes(
             out, annotated, samples_handle, describer, recipe, plan, config.seed, roots,
-            config.images, on_sample, on_quarantine,
+            config.images, on_sample, on_quarantine, rendered,
         )  # fmt: skip
         progress.finish()
     stages["route"] = {

@@ -155,8 +155,12 @@ def write_recipes(
     placement: Placement,
     on_sample: Callable[[Sample], None],
     on_quarantine: Callable[[QuarantineEntry], None],
+    rendered: Path | None = None,
 ) -> RecipeTally:
-    """Describe, write and place every sample a recipe uses, and stream out its records."""
+    """Describe, write and place every sample a recipe uses, and stream out its records.
+
+    `rendered` holds the 3D samples' views as annotate drew them (`RenderFolders.views`).
+    """
     tally = RecipeTally()
     compose_config = config.compose_config(seed)
     phrasebook = Phrasebook.load(compose_config.templates_dir)
@@ -164,7 +168,7 @@ def write_recipes(
 
     def keep(sample: Sample) -> None:
         samples_handle.write(record_line(sample))
-        place_sample_files(sample, roots[sample.source], out, placement)
+        place_sample_files(sample, roots[sample.source], out, placement, rendered)
         tally.written += 1
         on_sample(sample)
 

@@ -90,6 +90,8 @@ FORMATS_OF: dict[str, tuple[str, ...]] = {
 }
 #: The builders that draw their images (adinstruct.builder.demo) rather than read a release.
 SYNTHETIC_SOURCES = frozenset({"demo", "demo_holdout"})
+#: The builders whose samples are point clouds, shown as rendered views.
+THREE_D_SOURCES = frozenset({"mvtec_3d_ad", "real3d_ad"})
 #: Every config states locations with the 3x3-grid words of these papers.
 GRID_FORMATS = ("anomalygpt", "myriad")
 
@@ -165,6 +167,10 @@ def render_card(manifest: Manifest, configs: Sequence[ExportedConfig]) -> str:
         "quarantined": _quarantine_entries(manifest),
         "citations": _citations(manifest, configs, catalog),
         "synthetic": any(source.name in SYNTHETIC_SOURCES for source in manifest.sources),
+        "three_d": {
+            "sources": [s.name for s in manifest.sources if s.name in THREE_D_SOURCES],
+            "views": (manifest.config.get("annotate") or {}).get("views", 4),
+        },
     }
     return _template().render(**context)
 

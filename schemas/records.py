@@ -98,6 +98,13 @@ class Annotation(Record):
         default_factory=list,
         description="Per-defect masks where the release distinguishes defects by pixel value.",
     )
+    view: int | None = Field(
+        default=None,
+        ge=0,
+        description="For a rendered 3D sample whose mask geometry was measured on one of its "
+        "views (Real3D-AD's per-point labels), that view's index into the rendered views; None "
+        "when it was measured on the image itself (image_paths[0]).",
+    )
 
 
 class Description(Record):
@@ -129,7 +136,16 @@ class Sample(Record):
     image_paths: list[str] = Field(min_length=1, description="Relative to the source root.")
     masks: list[MaskRef] = Field(default_factory=list)
     modality: Modality = "rgb"
-    view_count: int = Field(default=1, ge=1)
+    view_count: int = Field(
+        default=1, ge=1, description="Images of the sample; for a 3D sample its rendered views."
+    )
+    render_paths: list[str] = Field(
+        default_factory=list,
+        description="What the annotate stage drew for a 3D sample, in the order records show "
+        "it, relative to DIR/images/<source>/: MVTec 3D-AD's depth image, then the views "
+        "(<category>/renders/<cloud path>/view_00.png ...). Records show these instead of a "
+        "point cloud.",
+    )
     group: str | None = Field(
         default=None,
         description="Physical object this image shows, when a release photographs one object "

@@ -328,3 +328,83 @@ def test_an_image_changed_since_annotation_is_refused(root):
     with pytest.raises(PromptInputError) as raised:
         build_request(sample, root, bare(), reference=None)
     assert raised.value.code == "image_changed"
+
+
+# -- 3D parts: views, then highlight views that only the describer sees ----------------------
+
+
+@pytest.fixture(scope="module")
+def three_d_world(tmp_path_factory):
+    """A Real3D-AD and an MVTec 3D-AD tree, every sample annotated (rendered) once."""
+    import trees_3d
+
+    from adinstruct.builder.annotate.renders import RenderFolders
+    from adinstruct.builder.sources.mvtec_3d import MVTec3DAD
+    from adinstruct.builder.sources.real3d import Real3DAD
+
+    tmp_path = tmp_path_factory.mktemp("three_d")
+    folders = RenderFolders(tmp_path / "renders")
+    real3d = Real3DAD(trees_3d.write_real3d(tmp_path / "real3d", points=20_000).root)
+    mvtec3d = MVTec3DAD(trees_3d.write_mvtec_3d(tmp_path / "mvtec3d").root)
+    samples = {}
+    for builder in (real3d, mvtec3d):
+        stage = AnnotateStage({builder.name: str(builder.root)}, renders=str(folders.root))
+        for item in builder.iter_samples():
+            result = stage.process(item)
+            assert isinstance(result, Sample), result
+            samples[result.id] = (result, builder.root)
+    return folders, samples
+
+
+def image_urls(request) -> list[str]:
+    return [p["image_url"]["url"] for p in request.messages[1]["content"] if p["type"] != "text"]
+
+
+def user_text(request) -> str:
+    return next(p["text"] for p in request.messages[1]["content"] if p["type"] == "text")
+
+
+def test_a_3d_request_shows_the_views_then_the_highlight_views(three_d_world):
+    folders, samples = three_d_world
+    config = PromptConfig(model="m")
+    anomaly, root = samples["real3d_ad/shell/test/4_bulge"]
+    reference = samples["real3d_ad/shell/train/1_prototype"]
+    request = build_request(anomaly, root, config, reference, folders)
+    urls = image_urls(request)
+    views = [folders.view_file("real3d_ad", path) for path in anomaly.render_paths]
+    highlights = folders.highlight_files(anomaly)
+    assert len(urls) == 1 + 4 + 4
+    encoded = [base64.b64encode(path.read_bytes()).decode() for path in [*views, *highlights]]
+    assert [url.split(",", 1)[1] for url in urls[1:]] == encoded  # in this order, as files
+    reference_view = folders.view_file("real3d_ad", reference[0].render_paths[0])
+    assert urls[0].endswith(base64.b64encode(reference_view.read_bytes()).decode())
+    system, text = request.messages[0]["content"], user_text(request)
+    assert system.startswith("You are an experienced visual quality inspector of 3D-scanned")
+    assert "View 1 of 4 of the part to describe, rendered from its point cloud." in text
+    assert "View 4 again, with the points of the annotated defect painted red." in text
+    ordinal = ["first", "second", "third", "fourth"][anomaly.annotation.view]
+    assert f"Location on the 3×3 grid of the {ordinal} view: " in text
+    assert "outline" not in text  # a mask measured on a view is no outline of the first image
+    # The normal reference and a normal sample get no highlight view.
+    normal, normal_root = samples["real3d_ad/shell/test/3_good"]
+    plain = build_request(normal, normal_root, config, None, folders)
+    assert len(image_urls(plain)) == 4 and "painted" not in user_text(plain)
+
+
+def test_an_mvtec_3d_ad_request_shows_the_photo_depth_views_outline_and_highlights(
+    three_d_world,
+):
+    folders, samples = three_d_world
+    anomaly, root = samples["mvtec_3d_ad/bagel/test/crack/rgb/000"]
+    request = build_request(anomaly, root, PromptConfig(model="m"), None, folders)
+    text = user_text(request)
+    assert len(image_urls(request)) == 1 + 1 + 4 + 1 + 4  # rgb, depth, views, outline, highlights
+    assert "1. The colour photograph of the part to describe." in text
+    assert "2. Its depth image, aligned pixel for pixel with the photograph" in text
+    assert "7. The photograph with the annotated defect region outlined in" in text
+    assert "Location on the 3×3 grid of the colour image: " in text
+    assert (
+        "- Pictures: a colour photograph and its depth image, 48 × 48 pixels, then 4 views" in text
+    )
+    with pytest.raises(Exception, match="render folder"):
+        build_request(anomaly, root, PromptConfig(model="m"), None, None)

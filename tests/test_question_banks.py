@@ -204,3 +204,71 @@ def test_each_modality_names_its_own_reader():
         assert any(f"As a {reader}," in text for text in texts), texts
     effect = answer_context(sample_of("label_only", category="retina", modality="oct"))["effect"]
     assert effect == "It may need assessment by an ophthalmologist."
+
+
+# -- 3D wording (MVTec 3D-AD, Real3D-AD) --------------------------------------------------
+
+#: Paraphrases that suit every part however it is shown, kept the same for 3D ones.
+NEUTRAL_3D = {("reasoning_cause", 0), ("reasoning_prevention", 0)}
+
+
+def three_d_sample(kind: str, modality: str, view: int | None = 1) -> Sample:
+    """A described 3D sample; Real3D-AD's geometry measured on view `view`."""
+    sample = sample_of(kind, category="bagel", modality=modality)
+    update = {"view_count": 4, "render_paths": [f"renders/x/view_{i:02d}.png" for i in range(4)]}
+    if kind == "located" and modality == "point_cloud":
+        update["annotation"] = sample.annotation.model_copy(update={"view": view})
+    return sample.model_copy(update=update)
+
+
+@pytest.mark.parametrize("modality", ["depth", "point_cloud"])
+def test_3d_parts_get_an_inspectors_wording_of_their_views_in_every_bank(modality):
+    frame = "the colour image" if modality == "depth" else "the second view"
+    for kind in ("located", "label_only", "normal"):
+        three_d = three_d_sample(kind, modality)
+        industrial = sample_of(kind, category="bagel", modality="rgb")
+        if kind == "located":  # unlocated clouds name no view: the frame is then unused
+            assert question_context(three_d)["frame"] == frame
+        for bank_kind in ("questions", "answers"):
+            names = list_banks() if bank_kind == "questions" else ANSWERS_FOR[kind]
+            make = question_context if bank_kind == "questions" else answer_context
+            for name in names:
+                bank = load_bank(name, kind=bank_kind)
+                texts = [bank.render(index, **make(three_d)) for index in range(len(bank))]
+                if bank_kind == "questions":
+                    assert len(set(texts)) == len(texts), name
+                for index, text in enumerate(texts):
+                    assert "None" not in text and "{" not in text, (name, index, text)
+                    # A location is always "of" the picture it was measured on.
+                    assert "of the image" not in text, (name, index, text)
+                    places = set(grid_words_in(text))
+                    if kind == "located":
+                        assert places in (set(), set(three_d.annotation.grid_cells)), text
+                        if places:
+                            assert frame in text, (name, index, text)
+                    elif bank_kind == "answers":
+                        assert places == set() and "region" not in text, (name, index, text)
+                    if (name, index) not in NEUTRAL_3D:
+                        assert text != bank.render(index, **make(industrial)), (name, index)
+    questions = " ".join(
+        load_bank(name).render(0, **question_context(three_d_sample("normal", modality)))
+        for name in list_banks()
+    )
+    assert "views" in questions and "MRI" not in questions
+
+
+def test_real3d_locations_name_the_view_the_mask_was_measured_on():
+    bank = load_bank("localisation", kind="answers")
+    for view, ordinal in ((0, "first"), (3, "fourth")):
+        context = answer_context(three_d_sample("located", "point_cloud", view=view))
+        assert bank.render(0, **context) == (
+            f"There is a bent defect and a scratch defect in the top right and center of the "
+            f"{ordinal} view, forming 2 separate regions."
+        )
+
+
+def test_the_3d_detection_question_keeps_anomaly_ovs_wording_for_views():
+    context = question_context(three_d_sample("normal", "point_cloud"))
+    assert load_bank("detection").render(0, **context) == (
+        "Are there any defects for the object in these views? Please reply with 'Yes' or 'No'."
+    )

@@ -126,4 +126,5 @@ def test_depth_image_is_aligned_with_the_rgb_and_mask():
 
 
 def test_render_folder_names_the_cloud():
-    assert render_folder("airplane/test/4_bulge.pcd") == "renders/airplane/test/4_bulge"
+    assert render_folder("airplane/test/4_bulge.pcd") == "airplane/renders/test/4_bulge"
+    assert render_folder("4_bulge.pcd") == "renders/4_bulge"

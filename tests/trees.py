@@ -35,6 +35,8 @@ class Tree:
     samples: dict[str, Expected] = field(default_factory=dict)
     #: Quarantine codes a build must report, with the offending file (relative to the root).
     faults: list[tuple[str, str]] = field(default_factory=list)
+    #: The same for files the listing accepts and a later stage (annotate) rejects.
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def expect(self, sample_id: str, **facts) -> None:
         self.samples[sample_id] = Expected(**facts)

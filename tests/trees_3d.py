@@ -173,8 +173,12 @@ def write_mvtec_3d_sample(folder: Path, stem: str, shape: Organised, seed: int) 
     write_xyz_tiff(folder / "xyz" / f"{stem}.tiff", shape.xyz)
 
 
-def write_mvtec_3d(root: Path, *, faults: bool = False) -> trees.Tree:
-    """<cat>/{train,validation}/good/{rgb,xyz}/, <cat>/test/<good|defect>/{rgb,xyz,gt}/."""
+def write_mvtec_3d(root: Path, *, faults: bool = False, broken: bool = False) -> trees.Tree:
+    """<cat>/{train,validation}/good/{rgb,xyz}/, <cat>/test/<good|defect>/{rgb,xyz,gt}/.
+
+    `faults`: files the listing quarantines; `broken`: files it lists and annotate rejects
+    (a truncated xyz, an xyz whose grid is not its rgb's size), in `tree.rejected`.
+    """
     tree = trees.Tree(root=root)
     seed = 0
     for category in ("bagel", "foam"):
@@ -208,11 +212,36 @@ def write_mvtec_3d(root: Path, *, faults: bool = False) -> trees.Tree:
         trees.write_image(folder / "rgb" / "002.png")  # an rgb image without its xyz
         Image.fromarray(np.zeros((GRID, GRID), np.uint8)).save(folder / "gt" / "002.png")
         tree.faults.append(("xyz_missing", "bagel/test/crack/rgb/002.png"))
+    if broken:
+        folder = root / "bagel" / "test" / "hole"
+        shape = box_on_plane(defect="dent", seed=98)
+        write_mvtec_3d_sample(folder, "001", shape, 98)
+        Image.fromarray(shape.mask.astype(np.uint8) * 255).save(folder / "gt" / "001.png")
+        truncate(folder / "xyz" / "001.tiff", keep=0.5)
+        tree.rejected.append(("cloud_unreadable", "bagel/test/hole/xyz/001.tiff"))
+        folder = root / "foam" / "test" / "good"
+        write_mvtec_3d_sample(folder, "001", box_on_plane(seed=97), 97)
+        write_xyz_tiff(folder / "xyz" / "001.tiff", box_on_plane(GRID // 2, seed=97).xyz)
+        tree.rejected.append(("cloud_size_mismatch", "foam/test/good/xyz/001.tiff"))
     return tree
 
 
-def write_real3d(root: Path, *, faults: bool = False, points: int = 2000) -> trees.Tree:
-    """<cls>/train/*_{prototype,template}.pcd, <cls>/test/*.pcd, <cls>/gt/<stem>.txt."""
+def truncate(path: Path, *, keep: float) -> Path:
+    """Cut a file to the first `keep` share of its bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_real3d(
+    root: Path, *, faults: bool = False, broken: bool = False, points: int = 2000
+) -> trees.Tree:
+    """<cls>/train/*_{prototype,template}.pcd, <cls>/test/*.pcd, <cls>/gt/<stem>.txt.
+
+    `faults`: files the listing quarantines; `broken`: files it lists and annotate rejects
+    (a truncated binary cloud, labels for fewer points than the cloud has, labels marking no
+    point), in `tree.rejected`.
+    """
     tree = trees.Tree(root=root)
     seed = 0
     for category in ("airplane", "shell"):
@@ -240,4 +269,18 @@ def write_real3d(root: Path, *, faults: bool = False, points: int = 2000) -> tre
         tree.faults.append(("point_labels_missing", "airplane/test/6_bulge.pcd"))
         (root / "airplane" / "gt" / "99_sink.txt").write_text("0 0 0 1\n")
         tree.faults.append(("point_labels_orphan", "airplane/gt/99_sink.txt"))
+    if broken:
+        cloud, labels = sphere(points, defect="sink", seed=71)
+        write_pcd(root / "airplane" / "test" / "7_sink.pcd", cloud, binary=True)
+        write_point_labels(root / "airplane" / "gt" / "7_sink.txt", cloud, labels)
+        truncate(root / "airplane" / "test" / "7_sink.pcd", keep=0.6)
+        tree.rejected.append(("cloud_unreadable", "airplane/test/7_sink.pcd"))
+        cloud, labels = sphere(points, defect="bulge", seed=72)
+        write_pcd(root / "shell" / "test" / "8_bulge.pcd", cloud, binary=False)
+        write_point_labels(root / "shell" / "gt" / "8_bulge.txt", cloud[:-5], labels[:-5])
+        tree.rejected.append(("point_labels_mismatch", "shell/gt/8_bulge.txt"))
+        cloud, _ = sphere(points, seed=73)
+        write_pcd(root / "airplane" / "test" / "9_bulge.pcd", cloud, binary=True)
+        write_point_labels(root / "airplane" / "gt" / "9_bulge.txt", cloud, np.zeros(points))
+        tree.rejected.append(("mask_empty", "airplane/gt/9_bulge.txt"))
     return tree

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from adinstruct.builder.errors import AdinstructError
+from adinstruct.builder.images import shown_paths
 from adinstruct.validators.base import (
     RECORD_SHAPES,
     UNPARSED,
@@ -580,25 +581,35 @@ def sample_facts(data: Any) -> SampleFacts | None:
     if not isinstance(data, dict):
         return None
     try:
-        source, image_paths = data["source"], data["image_paths"]
         annotation = data.get("annotation") or {}
         facts = SampleFacts(
             sample_id=data["id"],
-            source=source,
+            source=data["source"],
             category=data["category"],
             split=data["split"],
             label=data["label"],
             defect_types=tuple(data.get("defect_types") or ()),
-            has_mask=bool(data.get("masks")),
+            # A mask file, or a mask the annotate stage drew (Real3D-AD's labelled points
+            # seen on a view): either way the annotation's cells and regions are the truth.
+            has_mask=bool(data.get("masks")) or annotation.get("mask_rle") is not None,
             grid_cells=tuple(annotation.get("grid_cells") or ()),
             region_count=int(annotation.get("region_count") or 0),
-            image=f"{source}/{image_paths[0]}",
+            image=sample_images(data)[0],
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
     if not all(isinstance(value, str) for value in (facts.sample_id, facts.source, facts.category)):
         return None
     return facts
+
+
+def sample_images(data: dict[str, Any]) -> list[str]:
+    """What the records of a samples.jsonl entry show, relative to DIR/images, in order: its
+    image, or for a 3D sample what the annotate stage drew (never the point cloud)."""
+    return shown_paths(
+        data["source"], data["image_paths"], data.get("render_paths") or (),
+        data.get("modality", "rgb"), data.get("view_count", 1),
+    )  # fmt: skip
 
 
 def add_sample(context: FolderContext, data: Any) -> None:

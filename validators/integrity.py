@@ -35,7 +35,7 @@ from PIL import Image
 
 from adinstruct.builder.io import sha256_file
 from adinstruct.validators.base import Batch, Finding, FolderContext, RawRecord, Validator
-from adinstruct.validators.folder import IMAGES_DIR
+from adinstruct.validators.folder import IMAGES_DIR, sample_images
 
 MASKS_DIR = "masks"
 #: The last 12 bytes of every complete PNG: IEND's zero length, type and CRC.
@@ -278,10 +278,11 @@ class IntegrityValidator(Validator):
         image_paths, masks = data.get("image_paths"), data.get("masks")
         if not isinstance(source, str) or not isinstance(image_paths, list):
             return  # the schema check reports it
-        images = self.note_images(
-            raw, [f"{source}/{path}" if isinstance(path, str) else path for path in image_paths],
-            findings,
-        )  # fmt: skip
+        try:  # its picture or, for a 3D sample, its renders: never a point cloud
+            shown = sample_images(data)
+        except (TypeError, IndexError, AttributeError):
+            shown = [f"{source}/{path}" if isinstance(path, str) else path for path in image_paths]
+        images = self.note_images(raw, shown, findings)
         annotation = data.get("annotation")
         if images and isinstance(annotation, dict):
             width, height = annotation.get("width"), annotation.get("height")

@@ -442,9 +442,15 @@ def _grid_lambert(xyz: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def render_folder(cloud_relative: str) -> str:
-    """Where one sample's renders go, relative to DIR/images/<source>/:
-    `renders/<cloud path without its suffix>`."""
-    return f"{RENDERS_DIR}/{PurePosixPath(cloud_relative).with_suffix('').as_posix()}"
+    """Where one sample's renders go, relative to DIR/images/<source>/: beside the cloud's
+    category folder, `<category>/renders/<rest of the cloud path, no suffix>`
+    (`airplane/test/4_bulge.pcd` -> `airplane/renders/test/4_bulge`). The category stays the
+    first folder, as benchmark paths `<source>/<class>/...` need it (Anomaly-OV's test script
+    reads the class there); a cloud at the root gets `renders/<stem>`."""
+    parts = PurePosixPath(cloud_relative).with_suffix("").parts
+    if len(parts) == 1:
+        return f"{RENDERS_DIR}/{parts[0]}"
+    return "/".join((parts[0], RENDERS_DIR, *parts[1:]))
 
 
 def view_names(count: int, kind: str = "view") -> list[str]:

@@ -1,8 +1,14 @@
 """The annotate stage: decode a sample's image and masks once and record what the pixels say.
 
+A 3D sample is also rendered (`renders.py`): Real3D-AD's `.pcd` to K views whose anomaly masks
+give its annotation; MVTec 3D-AD's rgb and gt mask are annotated as any image, then its xyz
+becomes a depth image and K views. The sample's `render_paths` name what records show.
+
 Quarantine codes: path_outside_root, image_unreadable, image_truncated, image_too_large,
-mask_unreadable, mask_size_mismatch, mask_empty (an anomaly whose masks are all zero) and
-mask_on_normal (a normal image whose mask marks pixels).
+mask_unreadable, mask_size_mismatch, mask_empty (an anomaly whose masks, or per-point labels,
+mark nothing) and mask_on_normal (a normal image whose mask marks pixels, or a normal cloud
+with labelled points); for 3D samples also cloud_unreadable, cloud_size_mismatch,
+point_labels_unreadable and point_labels_mismatch (see `renders.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from adinstruct.builder.annotate.decode import (
     read_file,
 )
 from adinstruct.builder.annotate.geometry import DEFAULT_GRID_MIN_SHARE, measure_mask
+from adinstruct.builder.annotate.renders import (
+    DEFAULT_RENDER_SIZE,
+    DEFAULT_VIEWS,
+    RenderConfig,
+    RenderFolders,
+    RenderReject,
+    annotate_organised_cloud,
+    annotate_point_cloud,
+    is_rendered,
+)
 from adinstruct.builder.errors import ConfigError, PathEscapeError
 from adinstruct.builder.paths import resolve_inside
 from adinstruct.builder.stage import Stage
@@ -50,7 +66,11 @@ class _MaskPixels:
 
 
 class AnnotateStage(Stage):
-    """Image size, mode, hashes and mask geometry for each sample; `roots` maps source -> root."""
+    """Image size, mode, hashes and mask geometry for each sample; `roots` maps source -> root.
+
+    `renders` is the folder 3D samples are drawn into (see `RenderFolders`), with `views`
+    views of `render_size` pixels a side; only builds with 3D sources need it.
+    """
 
     name = "annotate"
 
@@ -59,17 +79,53 @@ class AnnotateStage(Stage):
         roots: dict[str, str],
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         grid_min_share: float = DEFAULT_GRID_MIN_SHARE,
+        renders: str | None = None,
+        views: int = DEFAULT_VIEWS,
+        render_size: int = DEFAULT_RENDER_SIZE,
     ) -> None:
         if max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
         if not 0 <= grid_min_share <= 1:
             raise ConfigError(f"grid_min_share must lie in [0, 1], got {grid_min_share}")
+        if views < 1:
+            raise ConfigError(f"a 3D sample needs at least one view, got views={views}")
+        if render_size < 16:
+            raise ConfigError(f"render_size must be at least 16 pixels, got {render_size}")
         # Plain strings only, so that the stage pickles small and the same everywhere.
         self.roots = {source: str(Path(root).resolve()) for source, root in roots.items()}
         self.max_image_pixels = int(max_image_pixels)
         self.grid_min_share = float(grid_min_share)
+        self.renders = str(Path(renders).resolve()) if renders is not None else None
+        self.views = int(views)
+        self.render_size = int(render_size)
 
     def process(self, sample: Sample) -> Sample | QuarantineEntry:
+        if not is_rendered(sample):
+            annotated = self._annotate_image(sample)
+            return annotated if isinstance(annotated, QuarantineEntry) else annotated[0]
+        if self.renders is None:
+            raise ConfigError(
+                f"annotate has no render folder for the 3D sample {sample.id}; pass renders="
+            )
+        folders = RenderFolders(Path(self.renders))
+        config = RenderConfig(views=self.views, size=self.render_size,
+                              grid_min_share=self.grid_min_share,
+                              max_image_pixels=self.max_image_pixels)  # fmt: skip
+        root = self._root(sample.source)
+        try:
+            if sample.modality == "point_cloud":
+                return annotate_point_cloud(sample, root, folders, config)
+            annotated = self._annotate_image(sample, keep_mask=True)
+            if isinstance(annotated, QuarantineEntry):
+                return annotated
+            return annotate_organised_cloud(*annotated, root, folders, config)
+        except RenderReject as reject:
+            return self.quarantine(sample, reject.code, reject.reason, reject.path)
+
+    def _annotate_image(
+        self, sample: Sample, keep_mask: bool = False
+    ) -> tuple[Sample, np.ndarray | None] | QuarantineEntry:
+        """The sample with its image's annotation, and (`keep_mask`) the masks' union."""
         root = self._root(sample.source)
         resolved = self._resolve(sample, root)
         if isinstance(resolved, QuarantineEntry):
@@ -94,7 +150,9 @@ class AnnotateStage(Stage):
             # A single-channel photo is what the grey modality means, whatever the release says.
             update["modality"] = "grey"
         if not sample.masks:
-            return sample.model_copy(update={**update, "annotation": Annotation(**image_fields)})
+            return sample.model_copy(
+                update={**update, "annotation": Annotation(**image_fields)}
+            ), None
 
         pixels = self._read_masks(sample, mask_paths, (facts.width, facts.height))
         if isinstance(pixels, QuarantineEntry):
@@ -121,6 +179,7 @@ class AnnotateStage(Stage):
         defects = [
             self._defect_mask(name, pixels.defects[name]) for name in sorted(pixels.defects or {})
         ]
+        union = pixels.union if keep_mask else None
         del pixels  # the full-size arrays; only their compact geometry travels on
         annotation = Annotation(
             **image_fields,
@@ -137,7 +196,7 @@ class AnnotateStage(Stage):
             # Releases that name defects only through pixel values (VisA, MVTec LOCO) leave
             # defect_types empty at listing time; the masks fill it in.
             update["defect_types"] = [defect.defect_type for defect in defects]
-        return sample.model_copy(update=update)
+        return sample.model_copy(update=update), union
 
     # -- helpers -------------------------------------------------------------------------
 

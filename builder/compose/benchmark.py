@@ -12,6 +12,12 @@
   classification (the release's other categories), with few-shot templates: normal train
   images of the same category, the nearest by pHash and a seeded random draw.
 
+A multi-image sample (a held-out 3D source: its views, and MVTec 3D-AD's rgb and depth image
+before them) lists every image, in order, in its visa_dr.json item, which is asked as one
+chat; test_data.json takes one image per item (Anomaly-OV's script opens one), the sample's
+first, which also keys its mmad.json item and stands for it among the few-shot templates:
+MVTec 3D-AD's rgb image, Real3D-AD's first view.
+
 Every fact comes from the annotation and the release's names, never from a describer's
 guess. Where the right option goes is dealt per question type and option count from seeded
 shuffled blocks, so each letter is the answer equally often (within one per block).
@@ -42,7 +48,7 @@ from adinstruct.builder.describe.template import (
     is_located,
     percent_phrase,
 )
-from adinstruct.builder.images import image_reference, mask_reference
+from adinstruct.builder.images import image_reference, mask_reference, shown_images
 from adinstruct.schemas import (
     GRID_WORDS,
     DetectionItem,
@@ -198,8 +204,9 @@ class BenchmarkComposer:
             question_context(sample), answer_context(sample),
         )  # fmt: skip
         rounds = reasoning(speaker, sample)
+        images = shown_images(sample)
         return ReasoningItem(
-            image=image_reference(sample),
+            image=images[0] if len(images) == 1 else images,
             questions=[question for question, _ in rounds],
             answers=[answer for _, answer in rounds],
         )
@@ -288,13 +295,15 @@ class BenchmarkComposer:
         assert annotation is not None  # compose skips samples without one
         names, others = self.other_names(sample)
         located = is_located(annotation)
+        # A 3D sample's place is on the picture its mask was measured on ("the second view").
+        frame = question_context(sample)["frame"] or "the image"
 
         def text(defect_list: list[str], place: str | None) -> str:
             mention = capitalised(defect_mention(defect_list, sample.modality))
             if place is None:
                 return f"{mention} on the {category_name(sample.category)}."
             return (
-                f"{mention} in the {place} of the image, covering "
+                f"{mention} in the {place} of {frame}, covering "
                 f"{percent_phrase(annotation.area_fraction)} of it."
             )
 

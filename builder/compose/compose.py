@@ -29,6 +29,7 @@ from adinstruct.builder.compose.families import (
     is_eligible,
     question_context,
 )
+from adinstruct.builder.images import shown_images
 from adinstruct.schemas import InstructionRecord, RecordMetadata, Sample, Turn
 
 IMAGE_TOKEN = "<image>"
@@ -128,9 +129,9 @@ def choose_families(sample: Sample, config: ComposeConfig) -> list[str]:
 
 
 def image_paths(sample: Sample, prefix: str = "") -> list[str]:
-    """'<prefix><source>/<path>' per view: all views in order when view_count > 1."""
-    views = sample.image_paths if sample.view_count > 1 else sample.image_paths[:1]
-    return [f"{prefix}{sample.source}/{path}" for path in views]
+    """'<prefix><source>/<path>' per image the record shows, in order: all views when
+    view_count > 1, and a 3D sample's renders instead of its cloud (`shown_images`)."""
+    return [f"{prefix}{path}" for path in shown_images(sample)]
 
 
 def make_record(

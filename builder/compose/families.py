@@ -28,12 +28,14 @@ from adinstruct.builder.describe.knowledge import (
     MEDICAL_READERS,
     MEDICAL_REPORTS,
     MEDICAL_SCANS,
+    THREE_D_MODALITIES,
 )
 from adinstruct.builder.describe.template import (
     category_name,
     defect_mention,
     defect_names,
     defect_type_phrase,
+    frame_phrase,
     is_located,
     location_phrase,
     object_phrase,
@@ -78,8 +80,14 @@ class Phrasebook:
 def question_context(sample: Sample) -> dict[str, Any]:
     """What questions may say. Banks branch on `medical`: a medical image is worded as its
     specialist (`reader`: radiologist, ophthalmologist, pathologist) would word it, naming the
-    `scan` ("MRI scan") and the `report`; for other images these three are None."""
+    `scan` ("MRI scan") and the `report`; for other images these three are None.
+
+    They branch first on `three_d`: a 3D part (MVTec 3D-AD, Real3D-AD) is shown as several
+    views, worded as an inspector looking at "these views of the part"; `frame` names the
+    picture its location words are measured on ("the colour image", "the second view").
+    """
     medical = sample.modality in MEDICAL_MODALITIES
+    three_d = sample.modality in THREE_D_MODALITIES
     return {
         "category": category_name(sample.category),
         "modality": sample.modality,
@@ -88,6 +96,8 @@ def question_context(sample: Sample) -> dict[str, Any]:
         "scan": MEDICAL_SCANS.get(sample.modality) if medical else None,
         "reader": MEDICAL_READERS.get(sample.modality) if medical else None,
         "report": MEDICAL_REPORTS.get(sample.modality) if medical else None,
+        "three_d": three_d,
+        "frame": frame_phrase(sample) if three_d else None,
     }
 
 

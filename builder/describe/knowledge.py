@@ -132,7 +132,9 @@ KNOWLEDGE: tuple[DefectKnowledge, ...] = (
         "correct insertion tooling, protective trays and careful handling",
     ),
     DefectKnowledge(
-        "deformation", ("deform", "misshape", "squeez", "dent", "manipulated", "warp", "shape"),
+        "deformation",
+        ("deform", "misshape", "squeez", "dent", "manipulated", "warp", "shape", "bulge", "sink",
+         "protru"),
         "excessive pressure, a worn mould or forming tool, or heat during processing",
         "stop the part from fitting or working and spoil its appearance",
         "calibrated forming pressure, well-maintained moulds and controlled temperatures",
@@ -189,6 +191,10 @@ GENERIC = DefectKnowledge(
 )  # fmt: skip
 
 MEDICAL_MODALITIES = frozenset({"mri", "ct", "oct", "xray", "histopathology"})
+#: 3D scans of parts (MVTec 3D-AD's rgb + xyz, Real3D-AD's point clouds), shown as views.
+THREE_D_MODALITIES = frozenset({"depth", "point_cloud"})
+#: How answers name a view by its place in the record's list of images.
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 
 #: Full sentences for medical images: the image cannot tell a cause, so none is suggested.
 MEDICAL_CAUSE = (
@@ -234,6 +240,15 @@ CATEGORY_OBJECTS: dict[str, str] = {
     "usb": "a USB connector", "usb_adaptor": "a USB adaptor", "vcpill": "a pill",
     # The synthetic demo
     "washer": "a metal washer", "fabric": "a woven fabric",
+    # MVTec 3D-AD
+    "bagel": "a bagel", "cable_gland": "a cable gland", "carrot": "a carrot",
+    "cookie": "a cookie", "dowel": "a wooden dowel", "foam": "a piece of foam",
+    "peach": "a peach", "potato": "a potato", "rope": "a piece of rope", "tire": "a tire",
+    # Real3D-AD: scans of small figurines and sweets
+    "airplane": "a model airplane", "car": "a model car", "candybar": "a candy bar",
+    "chicken": "a model chicken", "diamond": "a model diamond", "duck": "a model duck",
+    "fish": "a model fish", "gemstone": "a model gemstone", "seahorse": "a model seahorse",
+    "shell": "a seashell", "starfish": "a model starfish", "toffees": "a toffee",
 }  # fmt: skip
 
 #: How questions name a category ("Is the PCB defective?"), where its folder name reads badly.
@@ -242,6 +257,7 @@ CATEGORY_NAMES: dict[str, str] = {
     "macaroni1": "macaroni", "macaroni2": "macaroni", "chewinggum": "chewing gum",
     "audiojack": "audio jack", "terminalblock": "terminal block", "usb": "USB connector",
     "usb_adaptor": "USB adaptor", "sim_card_set": "SIM card set", "vcpill": "pill",
+    "candybar": "candy bar", "toffees": "toffee",
 }  # fmt: skip
 
 MEDICAL_IMAGES = {

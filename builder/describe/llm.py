@@ -25,6 +25,7 @@ from adinstruct.builder.errors import ConfigError, PathEscapeError
 from adinstruct.schemas import Description, QuarantineEntry, Sample
 
 if TYPE_CHECKING:
+    from adinstruct.builder.annotate.renders import RenderFolders
     from adinstruct.builder.describe.engine import Engine
 
 #: (source, category) -> the normal sample shown as that category's reference image.
@@ -42,6 +43,8 @@ class OpenAIDescriber(Describer):
     annotation, as samples.jsonl holds it) to attach as a defect-free reference image. The
     caller prepares it, because a stream cannot know a category's normals before it meets the
     anomalies; `pick_references` makes the usual choice. Without it no reference is sent.
+    `renders` is where the annotate stage drew 3D samples (their views, and the highlight
+    views that show the describer the defect); builds with 3D sources need it.
     """
 
     name = "openai"
@@ -52,8 +55,10 @@ class OpenAIDescriber(Describer):
         config: PromptConfig,
         engine: Engine,
         references: References | None = None,
+        renders: RenderFolders | None = None,
     ) -> None:
         self.roots = {source: Path(root).resolve() for source, root in roots.items()}
+        self.renders = renders
         self.config = config
         self.engine = engine
         self.references = dict(references or {})
@@ -119,8 +124,9 @@ class OpenAIDescriber(Describer):
         for sample in samples:
             try:
                 request = build_request(
-                    sample, self._root(sample.source), self.config, self._reference(sample)
-                )
+                    sample, self._root(sample.source), self.config, self._reference(sample),
+                    self.renders,
+                )  # fmt: skip
             except PathEscapeError as error:
                 yield sample, self.quarantine(sample, "path_outside_root", str(error))
             except PromptInputError as error:

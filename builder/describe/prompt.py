@@ -4,6 +4,10 @@ The wording lives in Jinja2 files (`describe_system.j2`, `describe_user.j2`, shi
 `adinstruct.templates`; a user folder may override either). This module gathers the facts the
 annotation states, encodes the images as data URLs, and pairs them with a strict response schema
 made from the Description model. Files are read only through `resolve_inside`.
+
+A 3D sample is shown as its records show it (MVTec 3D-AD: the rgb, the depth image, the K
+views; Real3D-AD: the K views), then, for an anomaly, its highlight views: the same views with
+the anomalous points painted, which exist for the describer only.
 """
 
 from __future__ import annotations
@@ -15,18 +19,23 @@ import struct
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from adinstruct.builder.annotate.hashing import sha256_hex
+from adinstruct.builder.describe.knowledge import THREE_D_MODALITIES
 from adinstruct.builder.describe.overlay import as_rgb_array, encode_png, render_outline
 from adinstruct.builder.describe.requests import ChatRequest, ResponseSchema
+from adinstruct.builder.describe.template import frame_phrase
 from adinstruct.builder.errors import ConfigError, PathEscapeError
 from adinstruct.builder.paths import resolve_inside
 from adinstruct.schemas import Description, Sample
+
+if TYPE_CHECKING:
+    from adinstruct.builder.annotate.renders import RenderFolders
 
 SYSTEM_TEMPLATE = "describe_system.j2"
 USER_TEMPLATE = "describe_user.j2"
@@ -43,7 +52,8 @@ PASSTHROUGH = {
 MODALITY_WORDS = {
     "rgb": "colour photograph",
     "grey": "greyscale photograph",
-    "depth": "depth map shown as greyscale",
+    # MVTec 3D-AD's image is the rgb photograph; its depth image and views come after it.
+    "depth": "colour photograph with its depth image",
     "point_cloud": "rendering of a 3D point cloud",
     "mri": "MRI slice",
     "ct": "CT slice",
@@ -51,6 +61,10 @@ MODALITY_WORDS = {
     "xray": "X-ray image",
     "histopathology": "histopathology slide",
 }
+
+#: How the user prompt names the colour the highlight views paint anomalous points in
+#: (render.HIGHLIGHT, a saturated red).
+HIGHLIGHT_COLOUR = "red"
 
 #: Regions listed one by one in the prompt; more are summarised as a count.
 MAX_LISTED_REGIONS = 8
@@ -87,32 +101,49 @@ class PromptInputError(Exception):
 
 
 def build_request(
-    sample: Sample, root: Path, config: PromptConfig, reference: tuple[Sample, Path] | None
+    sample: Sample,
+    root: Path,
+    config: PromptConfig,
+    reference: tuple[Sample, Path] | None,
+    renders: RenderFolders | None = None,
 ) -> ChatRequest:
     """The chat request describing `sample`, whose files lie under `root`.
 
     `reference` is a normal sample of the same category and its root; it is attached only
-    when `config.reference_image` is set. Raises PathEscapeError for a path leaving its root,
-    PromptInputError for an image that is unreadable or no longer matches its annotation, and
-    ConfigError when the reference image has either fault.
+    when `config.reference_image` is set. `renders` is where annotate drew 3D samples. Raises
+    PathEscapeError for a path leaving its root, PromptInputError for an image that is
+    unreadable or no longer matches its annotation, and ConfigError when the reference image
+    has either fault.
     """
     if sample.annotation is None:
         raise ValueError(f"sample {sample.id} has no annotation; describe runs after annotate")
-    image_name = sample.image_paths[0]
-    data, image = _read_image(root, image_name, expected_sha256=sample.annotation.sha256)
+    shown = shown_files(sample, root, renders)
+    # The annotation's facts (size, hashes) are those of the first image records show.
+    (_, image_folder, image_name), *others = shown
+    data, image = _read_image(image_folder, image_name, expected_sha256=sample.annotation.sha256)
 
     # Order matters for cost: the system prompt and a category's reference image are the same
     # for many requests, and servers discount a repeated prefix (OpenAI prompt caching).
     image_parts: list[dict[str, Any]] = []
     attachments: list[str] = []
     if reference is not None and config.reference_image:
-        image_parts.append(_image_part(_reference_url(*reference), config.detail))
+        image_parts.append(_image_part(_reference_url(*reference, renders), config.detail))
         attachments.append("reference")
     image_parts.append(_image_part(_data_url(data, image), config.detail))
-    attachments.append("image")
+    attachments.append(shown[0][0])
+    for role, folder, name in others:
+        image_parts.append(_image_part(_data_url(*_read_image(folder, name, None)), config.detail))
+        attachments.append(role)
     outline_colour = None
     mask_rle = sample.annotation.mask_rle
-    if config.outline_mask and sample.label == "anomaly" and sample.annotation.region_count > 0:
+    # A mask measured on a view (Real3D-AD) is no outline of the first image: the highlight
+    # views show those defects instead.
+    if (
+        config.outline_mask
+        and sample.label == "anomaly"
+        and sample.annotation.region_count > 0
+        and sample.annotation.view is None
+    ):
         assert mask_rle is not None  # regions are only ever measured from a mask
         try:
             outline = render_outline(image, mask_rle)
@@ -121,9 +152,20 @@ def build_request(
         image_parts.append(_image_part(_png_url(outline.png), config.detail))
         attachments.append("outline")
         outline_colour = outline.colour
+    if config.outline_mask and sample.label == "anomaly" and renders is not None:
+        for highlight in renders.highlight_files(sample):
+            name = highlight.name
+            url = _data_url(*_read_image(highlight.parent, name, None))
+            image_parts.append(_image_part(url, config.detail))
+            attachments.append("highlight")
 
     environment = _environment(config.templates_folder)
-    context = {**prompt_facts(sample), "attachments": attachments, "outline_colour": outline_colour}
+    context = {
+        **prompt_facts(sample),
+        "attachments": attachments,
+        "outline_colour": outline_colour,
+        "highlight_colour": HIGHLIGHT_COLOUR,
+    }
     system_text = environment.get_template(SYSTEM_TEMPLATE).render(context).strip()
     user_text = environment.get_template(USER_TEMPLATE).render(context).strip()
     # The reference comes first (shared prefix); the text then names the images in order.
@@ -165,12 +207,18 @@ def prompt_facts(sample: Sample) -> dict[str, Any]:
         }
         for defect in annotation.defects
     ]
+    three_d = sample.modality in THREE_D_MODALITIES
     return {
         "source": sample.source,
         "category": humanise(sample.category),
         "label": sample.label,
         "anomaly": anomaly,
         "image_kind": MODALITY_WORDS[sample.modality],
+        # 3D parts: how many views there are, and which picture the grid facts are measured on.
+        "three_d": three_d,
+        "view_count": sample.view_count if three_d else 1,
+        "has_photo": sample.modality != "point_cloud",
+        "frame": frame_phrase(sample) if three_d else "the image",
         "width": annotation.width,
         "height": annotation.height,
         # A normal sample gets no defect facts at all, so the wording cannot leak any.
@@ -244,13 +292,34 @@ def _read_image(
     return data, image
 
 
-def _reference_url(reference: Sample, root: Path) -> str:
+def shown_files(
+    sample: Sample, root: Path, renders: RenderFolders | None
+) -> list[tuple[str, Path, str]]:
+    """(role, folder, name inside it) of each image records of `sample` show, in order.
+
+    Roles as the user template names them: "image" (the release's own image), "depth"
+    (MVTec 3D-AD's depth image) and "view" (a rendered view).
+    """
+    if not sample.render_paths:
+        return [("image", root, sample.image_paths[0])]
+    if renders is None:
+        raise ConfigError(f"the describer has no render folder for the 3D sample {sample.id}")
+    folder = renders.views / sample.source
+    files = [] if sample.modality == "point_cloud" else [("image", root, sample.image_paths[0])]
+    # What annotate drew before the views: MVTec 3D-AD's depth image.
+    drawn_first = len(sample.render_paths) - sample.view_count
+    for index, name in enumerate(sample.render_paths):
+        files.append(("depth" if index < drawn_first else "view", folder, name))
+    return files
+
+
+def _reference_url(reference: Sample, root: Path, renders: RenderFolders | None = None) -> str:
     # The caller chose the reference for a whole category: a bad one is a configuration
     # problem that would spoil every request of it, not one sample's failure.
-    name = reference.image_paths[0]
     expected = reference.annotation.sha256 if reference.annotation else None
     try:
-        return _data_url(*_read_image(root, name, expected_sha256=expected))
+        _, folder, name = shown_files(reference, root, renders)[0]
+        return _data_url(*_read_image(folder, name, expected_sha256=expected))
     except (PathEscapeError, PromptInputError) as error:
         raise ConfigError(f"reference image for {reference.category}: {error}") from error
 

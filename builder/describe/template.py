@@ -9,7 +9,9 @@ answers built from it say the same thing in the same words:
 
 - locations join grid words with commas and "and": "top left", "top left and center";
 - region counts read "one region" or "<n> separate regions" (digits from two on);
-- sizes are classed by the area fraction: tiny < 0.5 %, small < 2 %, medium < 8 %, else large.
+- sizes are classed by the area fraction: tiny < 0.5 %, small < 2 %, medium < 8 %, else large;
+- a 3D sample's location is "of" the picture it was measured on (`frame_phrase`): "the colour
+  image" (MVTec 3D-AD's rgb) or "the second view" (Real3D-AD), never just "the image".
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from adinstruct.builder.describe.knowledge import (
     MEDICAL_MODALITIES,
     MEDICAL_PREVENTION,
     MEDICAL_READERS,
+    ORDINALS,
+    THREE_D_MODALITIES,
     DefectKnowledge,
     knowledge_for,
 )
@@ -80,11 +84,12 @@ def describe_sample(sample: Sample) -> Description:
     cause, effect, prevention = reasoning_sentences(names, sample.modality)
     appearance = None
     if located:
+        frame = frame_phrase(sample) if sample.modality in THREE_D_MODALITIES else "the image"
         appearance = (
             f"The anomalous area is {size_class(annotation.area_fraction)}, covering "
-            f"{percent_phrase(annotation.area_fraction)} of the image, and forms "
+            f"{percent_phrase(annotation.area_fraction)} of {frame}, and forms "
             f"{regions_phrase(annotation.region_count)} in the "
-            f"{location_phrase(annotation.grid_cells)} of the image."
+            f"{location_phrase(annotation.grid_cells)} of {frame}."
         )
     return Description(
         anomaly_present=True,
@@ -175,6 +180,20 @@ def join_words(words: Iterable[str]) -> str:
 def location_phrase(grid_cells: Iterable[str]) -> str:
     """The grid words of the mask, largest share first: 'top left and center'."""
     return join_words(grid_cells)
+
+
+def frame_phrase(sample: Sample) -> str:
+    """The picture a 3D sample's grid facts are measured on, as answers name it.
+
+    MVTec 3D-AD: "the colour image" (its gt mask is the rgb's, which the depth image matches
+    pixel for pixel). Real3D-AD: the view the annotation was measured on, by its place among
+    the record's views ("the second view"; see `renders.measured_view`).
+    """
+    if sample.modality != "point_cloud":
+        return "the colour image"
+    annotation = sample.annotation
+    view = annotation.view if annotation is not None and annotation.view is not None else 0
+    return f"the {ORDINALS[view]} view" if view < len(ORDINALS) else f"view {view + 1}"
 
 
 def regions_phrase(region_count: int) -> str:

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from adinstruct.builder.errors import AdinstructError, PathEscapeError
-from adinstruct.builder.images import IMAGES_DIR, MASKS_DIR, image_reference, mask_reference
+from adinstruct.builder.images import IMAGES_DIR, MASKS_DIR, mask_reference, shown_images
 from adinstruct.builder.paths import resolve_inside
 from adinstruct.schemas import (
     DetectionItem,
@@ -92,7 +92,7 @@ def named_files(model: BaseModel, key: str | None = None) -> NamedFiles:
         masks = [model.mask_path] if model.mask_path is not None else []
         return NamedFiles([key], masks, [*model.similar_templates, *model.random_templates])
     if isinstance(model, Sample):
-        images = [image_reference(model, index) for index in range(len(model.image_paths))]
+        images = shown_images(model)  # a 3D sample's renders, never its cloud
         masks = [mask_reference(model, index) for index in range(len(model.masks))]
         return NamedFiles(images, masks)
     raise TypeError(f"no export for records of type {type(model).__name__}")

@@ -33,6 +33,7 @@ import pycocotools.mask as mask_utils
 from markupsafe import Markup
 
 from adinstruct import __version__
+from adinstruct.builder.images import shown_paths
 from adinstruct.builder.io import atomic_writer
 from adinstruct.builder.report.charts import (
     AREA_BIN_COUNT,
@@ -314,16 +315,35 @@ def add_sample(
         for name in defect_types or ("(not named)",):
             collected.by_defect.setdefault(name, Counter())["anomaly"] += 1
         add_mask_facts(collected, annotation)
-    image_paths = sample.get("image_paths") or []
-    image = f"{source}/{image_paths[0]}" if image_paths and isinstance(image_paths[0], str) else ""
+    image_paths = [path for path in sample.get("image_paths") or [] if isinstance(path, str)]
+    render_paths = [path for path in sample.get("render_paths") or [] if isinstance(path, str)]
+    # The first image its records show (a 3D sample's renders stand in for its cloud).
+    shown = shown_paths(source, image_paths, render_paths, str(sample.get("modality", "rgb")))
+    image = shown[0] if shown else ""
     items = [*wanted_ids.get(as_text(sample.get("id"), 10_000), ()),
              *wanted_images.get(image, ())]  # fmt: skip
     if items:
         facts = sample_facts(label, defect_types, annotation)
+        measured = measured_view(source, render_paths, sample.get("view_count"),
+                                 annotation.get("view"))  # fmt: skip
         for item in items:
             item.facts = facts
             if item.label == "unknown":
                 item.label = label
+            if measured is not None:
+                item.image = measured  # the outline belongs on the view the mask is of
+
+
+def measured_view(source: str, render_paths: list[str], view_count: Any, view: Any) -> str | None:
+    """The rendered view a 3D sample's mask was measured on (Real3D-AD), or None.
+
+    `view` counts the views only: the last `view_count` render paths (MVTec 3D-AD's depth
+    image comes before them).
+    """
+    if not all(type(value) is int for value in (view, view_count)) or not render_paths:
+        return None
+    views = render_paths[max(len(render_paths) - view_count, 0) :]
+    return f"{source}/{views[view]}" if 0 <= view < len(views) else None
 
 
 def sample_facts(label: str, defect_types: tuple[str, ...], annotation: dict) -> SampleFacts:

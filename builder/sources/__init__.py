@@ -6,6 +6,7 @@ from adinstruct.builder.errors import ConfigError
 from adinstruct.builder.sources.base import SourceBuilder
 from adinstruct.builder.sources.bmad import BMAD_BUILDERS
 from adinstruct.builder.sources.folder import Folder
+from adinstruct.builder.sources.mvtec_3d import MVTec3DAD
 from adinstruct.builder.sources.mvtec_ad import (
     BTAD,
     MPDD,
@@ -14,12 +15,13 @@ from adinstruct.builder.sources.mvtec_ad import (
     SyntheticDemoHoldout,
 )
 from adinstruct.builder.sources.mvtec_loco import MVTecLOCO
+from adinstruct.builder.sources.real3d import Real3DAD
 from adinstruct.builder.sources.real_iad import RealIAD
 from adinstruct.builder.sources.visa import VisA
 
 _ALL: tuple[type[SourceBuilder], ...] = (
-    MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, *BMAD_BUILDERS, Folder, SyntheticDemo,
-    SyntheticDemoHoldout,
+    MVTecAD, VisA, MVTecLOCO, BTAD, MPDD, RealIAD, *BMAD_BUILDERS, MVTec3DAD, Real3DAD, Folder,
+    SyntheticDemo, SyntheticDemoHoldout,
 )  # fmt: skip
 BUILDERS: dict[str, type[SourceBuilder]] = {builder.name: builder for builder in _ALL}
 
