@@ -299,47 +299,58 @@ def _shaped_list_records(
         return
     validate = RECORD_SHAPES[kind].validate_json
     batcher = _Batcher(records_file)
-    offset, number, index = len(first), 1, 0
+    records, texts = batcher.batch.records, batcher.batch.texts
+    index = 0
     state = "first"  # "first" after '[', "element" after ',', "after" after a record
-    last = first
+    # Where the current chunk of lines starts (byte offset, lines before it): a line's own
+    # position is worked out only when the scanner must take over from it.
+    chunk_offset, lines_before, last = len(first), 1, first
     while lines := binary.readlines(CHUNK_CHARS):
-        for line in lines:
-            number, last = number + 1, line
+        for position, line in enumerate(lines):
             body = line.strip()
             if not body:
-                offset += len(line)
                 continue
-            if body == b"]" and state != "element":
-                yield from batcher.take(index)
-                JsonStream(_text_from(binary, offset + len(line)), line=number + 1).expect_end()
-                return
             record = body[:-1] if body.endswith(b",") else body
             data = None  # unless the line holds one whole record: then the scanner decides
             if state != "after" and record.startswith(b"{"):
                 try:
                     data = validate(record, strict=True)
-                    fits = alternates(data["conversations"])
+                    turns = data["conversations"]
+                    # alternates(), but the two-turn chat (most records) without the call
+                    fits = (
+                        len(turns) == 2 and turns[0]["from"] == "human"
+                        and turns[1]["from"] == "gpt"
+                    ) or alternates(turns)  # fmt: skip
                 except ValidationError as error:
                     if error.errors(include_url=False)[0]["type"] != "json_invalid":
                         data, fits = UNPARSED, False
-            if data is None:
+            if data is None:  # the closing bracket, or a line the scanner must read
                 yield from batcher.take(index)
-                yield from _resume_list(binary, offset, number, state, records_file, index)
+                offset = chunk_offset + sum(map(len, lines[:position]))
+                number = lines_before + position + 1
+                if body == b"]" and state != "element":
+                    JsonStream(_text_from(binary, offset + len(line)), line=number + 1).expect_end()
+                else:
+                    yield from _resume_list(binary, offset, number, state, records_file, index)
                 return
-            batch = batcher.batch
             if fits:
-                batch.records.append(data)
-                batch.texts.append(record)
-                if len(batch.records) == BATCH_RECORDS:
+                records.append(data)
+                texts.append(record)
+                if len(records) == BATCH_RECORDS:
                     yield from batcher.take(index + 1)
+                    records, texts = batcher.batch.records, batcher.batch.texts
             else:
                 yield from batcher.take(index + 1)
+                records, texts = batcher.batch.records, batcher.batch.texts
                 yield RawRecord.checked(kind, file, index, data, False, record)
             index += 1
             state = "element" if record is not body else "after"
-            offset += len(line)
+        chunk_offset += sum(map(len, lines))
+        lines_before += len(lines)
+        last = lines[-1]
     yield from batcher.take(index)
     # At the end of the file, where json.loads reports it too.
+    number = lines_before
     end = (number + 1, 1) if last.endswith(b"\n") else (number, len(last.decode("utf-8")) + 1)
     raise JsonSyntaxError("Unexpected end of file, the list is not closed", *end)
 
