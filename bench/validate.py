@@ -1,8 +1,9 @@
 """Validate a generated folder of many records: records per second, peak memory, and the floor.
 
-    python bench/validate.py [--records 100000] [--workdir DIR]
+    python bench/validate.py [--records 100000] [--workdir DIR] [--distinct-answers]
 
-Builds the demo, repeats its instruction records (each with a fresh id) up to --records, and
+Builds the demo, repeats its instruction records (each with a fresh id; with
+--distinct-answers every gpt answer made distinct, as an LLM describer's are) up to --records, and
 runs `build-dataset validate` on folders of a tenth and of all the records as subprocesses,
 reading their wall time, CPU time and peak RSS from wait4; the demo folder itself is
 validated first, which shows the fixed start-up (imports, compiling the schemas, decoding every
@@ -40,7 +41,21 @@ def script() -> list[str]:
     )
 
 
-def make_folder(base: Path, demo: Path, records: int) -> Path:
+def distinct_answers(record: dict, index: int) -> dict:
+    """The record with every gpt answer made its own, as an LLM writes them (the grounding
+    check then reads each one: its caches of the banks' repeated answers never hit)."""
+    record = json.loads(json.dumps(record))
+    for turn, message in enumerate(record["conversations"]):
+        if message["from"] == "gpt":
+            shade = SHADES[index % len(SHADES)]
+            message["value"] = message["value"].rstrip(".") + f", a {shade} case ({index}.{turn})."
+    return record
+
+
+SHADES = ("small", "faint", "clear", "slight", "sharp", "dull", "narrow", "broad")
+
+
+def make_folder(base: Path, demo: Path, records: int, distinct: bool = False) -> Path:
     folder = base / f"records-{records}"
     shutil.copytree(demo, folder, symlinks=True)
     path = folder / RECORDS_FILE
@@ -49,6 +64,8 @@ def make_folder(base: Path, demo: Path, records: int) -> Path:
         handle.write("[")
         for index in range(records):
             record = dict(originals[index % len(originals)])
+            if distinct:
+                record = distinct_answers(record, index)
             record["id"] = f"{record['id']}~{index}"
             handle.write(("," if index else "") + "\n" + json.dumps(record))
         handle.write("\n]\n")
@@ -86,6 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--distinct-answers", action="store_true",
+        help="make every gpt answer distinct (as an LLM describer's are), not the demo's repeats",
+    )  # fmt: skip
     parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)  # the floor's subprocess
     options = parser.parse_args()
     if options.floor is not None:
@@ -103,7 +124,7 @@ def main() -> None:
               f"{'':>13} {peak_mb:>8.1f}   (the demo itself: start-up; exit {code})")  # fmt: skip
         peaks, rates = [], []
         for count in (options.records // 10, options.records):
-            folder = make_folder(base, demo, count)
+            folder = make_folder(base, demo, count, options.distinct_answers)
             floor = floor_seconds(folder)
             seconds, cpu, peak_mb, code = run_validate(folder)
             rate = count / seconds
