@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from built_folders import console_script
 from trees import write_visa_benchmark
 
 from adinstruct.builder.compose.benchmark import LETTERS, LetterDealer
@@ -24,15 +24,6 @@ from adinstruct.schemas import GRID_WORDS, Manifest, Sample
 from adinstruct.validators.runner import validate_folder
 
 BOTH = ["anomaly-instruct", "visa-dr"]
-
-
-def script() -> list[str]:
-    installed = Path(sys.executable).parent / "build-dataset"
-    return (
-        [str(installed)]
-        if installed.is_file()
-        else [sys.executable, "-m", "adinstruct.builder.cli"]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +218,7 @@ def test_the_build_is_deterministic(releases, both, tmp_path):
 
 def test_visa_is_held_out_by_default_and_none_trains_on_it(releases, tmp_path):
     visa, mvtec, _ = releases
-    common = [*script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
+    common = [console_script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
               "--recipe", "anomaly-instruct", "--workers", "1", "--quiet"]  # fmt: skip
     subprocess.run([*common, "--out", str(tmp_path / "a")], check=True, timeout=300)
     records = load(tmp_path / "a", "instruct/anomaly_instruct.json")
@@ -246,7 +237,7 @@ def test_visa_is_held_out_by_default_and_none_trains_on_it(releases, tmp_path):
 def test_both_recipes_from_the_command_line_write_one_folder(releases, tmp_path):
     visa, mvtec, _ = releases
     result = subprocess.run(
-        [*script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
+        [console_script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
          "--recipe", "anomaly-instruct", "--recipe", "visa-dr", "--holdout", "visa",
          "--workers", "1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
@@ -257,7 +248,7 @@ def test_both_recipes_from_the_command_line_write_one_folder(releases, tmp_path)
     for name in ("instruct/anomaly_instruct.json", "benchmark/test_data.json",
                  "benchmark/visa_dr.json", "benchmark/mmad.json", "validation.json"):  # fmt: skip
         assert (tmp_path / name).is_file()
-    check = subprocess.run([*script(), "validate", str(tmp_path), "--quiet"], timeout=300)
+    check = subprocess.run([console_script(), "validate", str(tmp_path), "--quiet"], timeout=300)
     assert check.returncode == 0
 
 
@@ -371,7 +362,7 @@ def test_an_llm_describes_training_and_benchmark_samples_once_and_templates_neve
 
     visa, mvtec, tree = releases
     command = [
-        *script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
+        console_script(), "build", "--source", f"visa={visa}", "--source", f"mvtec={mvtec}",
         "--recipe", "anomaly-instruct", "--recipe", "visa-dr", "--describer", "openai",
         "--model", "gpt-4o-mini", "--workers", "1", "--quiet", "--out", str(tmp_path),
     ]  # fmt: skip
