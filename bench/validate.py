@@ -48,7 +48,7 @@ def distinct_answers(record: dict, index: int) -> dict:
     for turn, message in enumerate(record["conversations"]):
         if message["from"] == "gpt":
             shade = SHADES[index % len(SHADES)]
-            message["value"] = message["value"].rstrip(".") + f", a {shade} case ({index}.{turn})."
+            message["value"] = message["value"].rstrip(".") + f", a {shade} case, {index}-{turn}."
     return record
 
 
