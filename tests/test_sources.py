@@ -13,16 +13,7 @@ from adinstruct.schemas import QuarantineEntry, Sample
 
 
 def listing(name: str, root: Path, **options) -> tuple[dict[str, Sample], list[QuarantineEntry]]:
-    builder = get_builder(name)(root, **options)
-    samples: dict[str, Sample] = {}
-    entries: list[QuarantineEntry] = []
-    for item in builder.iter_samples():
-        if isinstance(item, QuarantineEntry):
-            entries.append(item)
-        else:
-            assert item.id not in samples, f"duplicate id {item.id}"
-            samples[item.id] = item
-    return samples, entries
+    return trees.listed(get_builder(name)(root, **options))
 
 
 def assert_matches(tree: trees.Tree, samples: dict[str, Sample]) -> None:

@@ -7,25 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trees_3d
+from trees import listed
 
 from adinstruct.builder.annotate.pointcloud import read_pcd, read_point_labels, read_xyz_tiff
 from adinstruct.builder.errors import LayoutError
-from adinstruct.builder.sources.base import SourceBuilder
 from adinstruct.builder.sources.mvtec_3d import MVTec3DAD
 from adinstruct.builder.sources.real3d import Real3DAD, defect_words
-from adinstruct.schemas import QuarantineEntry, Sample
-
-
-def listing(builder: SourceBuilder) -> tuple[dict[str, Sample], list[QuarantineEntry]]:
-    samples: dict[str, Sample] = {}
-    entries: list[QuarantineEntry] = []
-    for item in builder.iter_samples():
-        if isinstance(item, QuarantineEntry):
-            entries.append(item)
-        else:
-            assert item.id not in samples, f"duplicate id {item.id}"
-            samples[item.id] = item
-    return samples, entries
+from adinstruct.schemas import Sample
 
 
 def assert_planted(tree, samples: dict[str, Sample], modality: str) -> None:
@@ -44,7 +32,7 @@ def test_mvtec_3d_ad_lists_rgb_with_its_cloud_and_mask(tmp_path):
     tree = trees_3d.write_mvtec_3d(tmp_path / "mvtec3d")
     builder = MVTec3DAD(tree.root)
     assert builder.name == "mvtec_3d_ad" and builder.card().license == "CC-BY-NC-SA-4.0"
-    samples, entries = listing(builder)
+    samples, entries = listed(builder)
     assert entries == []
     assert_planted(tree, samples, "depth")
     crack = samples["mvtec_3d_ad/bagel/test/crack/rgb/000"]
@@ -62,7 +50,7 @@ def test_mvtec_3d_ad_lists_rgb_with_its_cloud_and_mask(tmp_path):
 def test_mvtec_3d_ad_quarantines_unpaired_files(tmp_path):
     tree = trees_3d.write_mvtec_3d(tmp_path / "mvtec3d", faults=True)
     (tree.root / "foam/test/hole/xyz/007.tiff").write_bytes(b"")
-    samples, entries = listing(MVTec3DAD(tree.root))
+    samples, entries = listed(MVTec3DAD(tree.root))
     assert set(samples) == set(tree.samples)
     found = {(entry.code, entry.path) for entry in entries}
     assert found == {*tree.faults, ("rgb_missing", "foam/test/hole/xyz/007.tiff")}
@@ -73,7 +61,7 @@ def test_mvtec_3d_ad_quarantines_unpaired_files(tmp_path):
 
 def test_mvtec_3d_ad_accepts_one_category_and_refuses_other_trees(tmp_path):
     tree = trees_3d.write_mvtec_3d(tmp_path / "mvtec3d")
-    samples, _ = listing(MVTec3DAD(tree.root / "bagel"))
+    samples, _ = listed(MVTec3DAD(tree.root / "bagel"))
     assert {s.category for s in samples.values()} == {"bagel"}
     assert len(samples) == sum(1 for e in tree.samples.values() if e.category == "bagel")
     with pytest.raises(LayoutError, match="MVTec 3D-AD"):
@@ -88,7 +76,7 @@ def test_real3d_ad_lists_prototypes_tests_and_point_labels(tmp_path):
     tree = trees_3d.write_real3d(tmp_path / "real3d")
     builder = Real3DAD(tree.root)
     assert builder.name == "real3d_ad" and builder.card().license == "CC-BY-4.0"
-    samples, entries = listing(builder)
+    samples, entries = listed(builder)
     assert entries == []
     assert_planted(tree, samples, "point_cloud")
     sink = samples["real3d_ad/shell/test/5_sink_cut"]
@@ -107,7 +95,7 @@ def test_real3d_ad_quarantines_unpaired_and_stray_files(tmp_path):
     tree = trees_3d.write_real3d(tmp_path / "real3d", faults=True)
     stray, _ = trees_3d.sphere(10)
     trees_3d.write_pcd(tree.root / "shell" / "train" / "scan.pcd", stray, binary=True)
-    samples, entries = listing(Real3DAD(tree.root))
+    samples, entries = listed(Real3DAD(tree.root))
     assert set(samples) == set(tree.samples)
     found = {(entry.code, entry.path) for entry in entries}
     assert found == {*tree.faults, ("unexpected_file", "shell/train/scan.pcd")}
@@ -117,7 +105,7 @@ def test_real3d_ad_normal_labels_travel_for_annotate_to_check(tmp_path):
     tree = trees_3d.write_real3d(tmp_path / "real3d")
     cloud, _ = trees_3d.sphere(50)
     trees_3d.write_point_labels(tree.root / "airplane/gt/3_good.txt", cloud, np.zeros(50))
-    samples, entries = listing(Real3DAD(tree.root))
+    samples, entries = listed(Real3DAD(tree.root))
     assert entries == []  # not an orphan: it belongs to a listed cloud
     assert samples["real3d_ad/airplane/test/3_good"].extra == {
         "point_labels": "airplane/gt/3_good.txt"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trees_medical
+from trees import listed
 from typer.testing import CliRunner
 
 from adinstruct.builder import sources
@@ -21,7 +22,7 @@ from adinstruct.builder.sources.bmad import (
     BMADChest,
     BMADLiver,
 )
-from adinstruct.schemas import QuarantineEntry, Sample
+from adinstruct.schemas import Sample
 
 BY_NAME = {builder.name: builder for builder in BMAD_BUILDERS}
 CASES = [(source, layout) for source in trees_medical.SUBSETS for layout in trees_medical.LAYOUTS]
@@ -39,18 +40,6 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)
 
 
-def listing(builder) -> tuple[dict[str, Sample], list[QuarantineEntry]]:
-    samples: dict[str, Sample] = {}
-    entries: list[QuarantineEntry] = []
-    for item in builder.iter_samples():
-        if isinstance(item, QuarantineEntry):
-            entries.append(item)
-        else:
-            assert item.id not in samples, f"duplicate id {item.id}"
-            samples[item.id] = item
-    return samples, entries
-
-
 def write(tmp_path: Path, source: str, layout: str, **options):
     folder = trees_medical.SUBSETS[source].folder
     return trees_medical.write_bmad(tmp_path / "BMAD" / folder, source, layout, **options)
@@ -66,7 +55,7 @@ def test_every_layout_lists_the_planted_samples(tmp_path, source, layout):
         assert builder.root == tree.root.resolve()
         expected_layout = layout if plan.has_masks or layout != "label-folders" else "readme"
         assert builder.layout == expected_layout
-        samples, entries = listing(builder)
+        samples, entries = listed(builder)
         assert entries == []
         assert set(samples) == set(tree.samples)
         for sample_id, expected in tree.samples.items():
@@ -91,7 +80,7 @@ def test_every_layout_lists_the_planted_samples(tmp_path, source, layout):
 @pytest.mark.parametrize(("source", "layout"), CASES, ids=[f"{s}-{layout}" for s, layout in CASES])
 def test_bad_samples_are_quarantined_with_a_reason_and_the_rest_listed(tmp_path, source, layout):
     tree = write(tmp_path, source, layout, faults=True)
-    samples, entries = listing(BY_NAME[source](tree.root))
+    samples, entries = listed(BY_NAME[source](tree.root))
     assert set(samples) == set(tree.samples)
     assert sorted((entry.code, entry.path) for entry in entries) == sorted(tree.faults)
     for entry in entries:
@@ -112,7 +101,7 @@ def test_a_link_out_of_the_root_is_never_opened(tmp_path):
     OPENED.clear()
     WATCH.append(True)
     try:
-        samples, entries = listing(builder)
+        samples, entries = listed(builder)
         stage = AnnotateStage(roots={builder.name: str(builder.root)})
         annotated = [stage.process(sample) for sample in samples.values()]
     finally:
@@ -127,7 +116,7 @@ def test_a_link_out_of_the_root_is_never_opened(tmp_path):
 def test_colour_mapped_rgba_masks_are_binarised_on_one_channel(tmp_path):
     tree = write(tmp_path, "bmad_brain", "label-folders")
     builder = BMADBrain(tree.root)
-    samples, _ = listing(builder)
+    samples, _ = listed(builder)
     stage = AnnotateStage(roots={builder.name: str(builder.root)})
     for sample_id, expected in tree.samples.items():
         result = stage.process(samples[sample_id])
@@ -264,7 +253,7 @@ def test_the_describer_prompt_speaks_to_the_modalitys_specialist(tmp_path):
                            "ophthalmologist"), ("bmad_histopathology", "pathologist")):  # fmt: skip
         tree = write(tmp_path / source, source, "readme")
         builder = BY_NAME[source](tree.root)
-        samples, _ = listing(builder)
+        samples, _ = listed(builder)
         stage = AnnotateStage(roots={builder.name: str(builder.root)})
         sample = stage.process(next(s for s in samples.values() if s.label == "anomaly"))
         request = build_request(sample, builder.root, PromptConfig(model="m"), None)

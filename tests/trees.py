@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adinstruct.builder.sources.base import SourceBuilder
+from adinstruct.schemas import QuarantineEntry, Sample
+
 SIZE = 64
 
 
@@ -40,6 +43,20 @@ class Tree:
 
     def expect(self, sample_id: str, **facts) -> None:
         self.samples[sample_id] = Expected(**facts)
+
+
+def listed(builder: SourceBuilder) -> tuple[dict[str, Sample], list[QuarantineEntry]]:
+    """What a source builder lists: its samples by id (ids must be unique) and its quarantine
+    entries, in order."""
+    samples: dict[str, Sample] = {}
+    entries: list[QuarantineEntry] = []
+    for item in builder.iter_samples():
+        if isinstance(item, QuarantineEntry):
+            entries.append(item)
+        else:
+            assert item.id not in samples, f"duplicate id {item.id}"
+            samples[item.id] = item
+    return samples, entries
 
 
 def write_image(path: Path, *, mode: str = "RGB", size: int = SIZE, seed: int = 0) -> Path:
