@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,3 +118,14 @@ def read_samples(path: Path) -> Iterator[Sample]:
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             yield Sample.model_validate_json(line)
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Put `staging` at `target`, removing what was there (a link is removed, not followed)."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        target.rename(retired / target.name)
+        shutil.rmtree(retired)
+    staging.rename(target)

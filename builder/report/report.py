@@ -18,7 +18,6 @@ import hashlib
 import json
 import secrets
 import shutil
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from markupsafe import Markup
 
 from adinstruct import __version__
 from adinstruct.builder.images import shown_paths
-from adinstruct.builder.io import atomic_writer
+from adinstruct.builder.io import atomic_writer, replace_directory
 from adinstruct.builder.report.charts import (
     AREA_BIN_COUNT,
     BarChart,
@@ -449,17 +448,6 @@ def draw_thumbnails(gallery: list[GalleryItem], root: Path, staging: Path) -> No
         write_thumbnail(item, root, staging / name)
         if item.thumbnail_width:
             item.thumbnail = f"{FILES_DIR}/{name}"
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Put `staging` at `target`, removing what was there (a link is removed, not followed)."""
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        target.rename(retired / target.name)
-        shutil.rmtree(retired)
-    staging.rename(target)
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import hashlib
 import json
 import secrets
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from adinstruct.builder.annotate.geometry import rle_decode
 from adinstruct.builder.describe.overlay import as_rgb_array
 from adinstruct.builder.describe.template import category_name
 from adinstruct.builder.errors import ConfigError, PathEscapeError
-from adinstruct.builder.io import write_json
+from adinstruct.builder.io import replace_directory, write_json
 from adinstruct.builder.paths import resolve_inside
 from adinstruct.builder.progress import Progress
 from adinstruct.schemas import LLMUsage, Manifest, Sample
@@ -409,17 +408,6 @@ def category_prompts(
 def write_flag(handle: IO[str], flag: Flag, counts: Counter[str]) -> None:
     handle.write(flag.model_dump_json() + "\n")
     counts[flag.code] += 1
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Put `staging` at `target`, removing what was there (a link is removed, not followed)."""
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        target.rename(retired / target.name)
-        shutil.rmtree(retired)
-    staging.rename(target)
 
 
 def record_in_manifest(root: Path, summary: dict[str, Any]) -> str | None:
