@@ -24,20 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import ValidationError
 from pydantic_core import from_json
 
 from adinstruct.builder.errors import AdinstructError
 from adinstruct.builder.images import shown_paths
 from adinstruct.validators.base import (
     RECORD_SHAPES,
-    UNPARSED,
     Batch,
     Finding,
     FolderContext,
     RawRecord,
     SampleFacts,
-    alternates,
     check_shape,
 )
 
@@ -289,15 +286,14 @@ def _shaped_list_records(
     record (as the build writes them), through its shape; from the first line that does not,
     the stdlib's scanner reads on (`_resume_list`).
 
-    This loop runs once a record for 100k records: the shape's validator is called in it
-    directly, and fitting records go straight into the current batch.
+    This loop runs once a record for 100k records: fitting records go straight into the
+    current batch.
     """
     file, kind = records_file.path, records_file.kind
     first = binary.readline()
     if first.strip() != b"[":
         yield from _resume_list(binary, 0, 1, "open", records_file, 0)
         return
-    validate = RECORD_SHAPES[kind].validate_json
     batcher = _Batcher(records_file)
     records, texts = batcher.batch.records, batcher.batch.texts
     index = 0
@@ -311,20 +307,10 @@ def _shaped_list_records(
             if not body:
                 continue
             record = body[:-1] if body.endswith(b",") else body
-            data = None  # unless the line holds one whole record: then the scanner decides
-            if state != "after" and record.startswith(b"{"):
-                try:
-                    data = validate(record, strict=True)
-                    turns = data["conversations"]
-                    # alternates(), but the two-turn chat (most records) without the call
-                    fits = (
-                        len(turns) == 2 and turns[0]["from"] == "human"
-                        and turns[1]["from"] == "gpt"
-                    ) or alternates(turns)  # fmt: skip
-                except ValidationError as error:
-                    if error.errors(include_url=False)[0]["type"] != "json_invalid":
-                        data, fits = UNPARSED, False
-            if data is None:  # the closing bracket, or a line the scanner must read
+            shaped = (
+                check_shape(kind, record) if state != "after" and record.startswith(b"{") else None
+            )
+            if shaped is None:  # the closing bracket, or a line the scanner must read
                 yield from batcher.take(index)
                 offset = chunk_offset + sum(map(len, lines[:position]))
                 number = lines_before + position + 1
@@ -333,6 +319,7 @@ def _shaped_list_records(
                 else:
                     yield from _resume_list(binary, offset, number, state, records_file, index)
                 return
+            data, fits = shaped
             if fits:
                 records.append(data)
                 texts.append(record)
