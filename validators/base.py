@@ -156,12 +156,11 @@ class RawRecord:
         key: str | None = None,  # its key, for records that are values of a JSON object
         model: Any = _UNSET,  # the validated model (None: rejected, see model_error)
         model_error: ValidationError | None = None,
-        fits: bool | None = None,  # known already (a shape check): whether the model accepts it
     ) -> None:
         self.kind, self.file, self.index, self._text = kind, file, index, text
         self.line, self.key = line, key
         self._data, self._model, self._model_error = data, model, model_error
-        self._fits = fits if model is _UNSET else model is not None
+        self._fits = None if model is _UNSET else model is not None
 
     @classmethod
     def checked(
