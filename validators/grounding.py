@@ -90,7 +90,18 @@ FLAW_STEMS = ("defect", "anomal", "abnormal")
 NEGATIONS = ("no ", "not ", "without", "nothing", "free of", "neither", "nor ")
 
 
+def has_negation(lowered: str) -> bool:
+    """Whether any of NEGATIONS is in the text (`or`-ed `in` tests: a third of `any()`'s cost)."""
+    return (
+        "no " in lowered or "not " in lowered or "without" in lowered or "nothing" in lowered
+        or "free of" in lowered or "neither" in lowered or "nor " in lowered
+    )  # fmt: skip
+
+
 def leading_polarity(lowered: str) -> str | None:
+    head = lowered[:1]
+    if head != "y" and head != "n" and (head.isalnum() or head == "_"):
+        return None  # a word that is neither: the pattern's \W* cannot skip it
     match = LEADING_POLARITY.match(lowered)
     return match.group(1) if match else None
 
@@ -130,14 +141,19 @@ def count_claims(lowered: str) -> list[int]:
     """The region counts a (lower-cased) text states: 'one region' -> 1, '2 separate
     regions' -> 2; 'at least two regions' and 'one of the regions' state none."""
     counts = []
-    for start in occurrences(lowered, "region"):
-        words = lowered[max(0, start - 60) : start].split()
+    start = lowered.find("region")
+    while start >= 0:
+        at, start = start, lowered.find("region", start + 1)
+        if not at or lowered[at - 1].isalnum():
+            continue  # inside a word, or nothing before it
+        words = lowered[at - 60 if at > 60 else 0 : at].split()
         while words and words[-1] in COUNT_ADJECTIVES:
             words.pop()
         if not words:
             continue
         word = words[-1].lstrip("(")
-        value = int(word) if word.isdigit() else NUMBER_WORDS.get(word)
+        # isdecimal, not isdigit: int() refuses a superscript '²'
+        value = int(word) if word.isdecimal() else NUMBER_WORDS.get(word)
         if value is None:
             continue
         before = words[-2] if len(words) > 1 else ""
@@ -201,6 +217,51 @@ def defect_slots(lowered: str) -> Iterator[tuple[str, str | None]]:
             yield " ".join(words), before
 
 
+def plain_names(names: Iterable[str]) -> frozenset[str]:
+    """The known defect names (with and without a trailing " defect") that `defect_slots`
+    always reads whole when they stand right before "defect": no stopword or break in them,
+    no leading generic word, at most SLOT_WORDS words. `names_only_known_defects` looks for
+    just these."""
+    plain = set()
+    for name in names:
+        for form in (name, name.removesuffix(" defect")):
+            words = form.split()
+            if (
+                0 < len(words) <= SLOT_WORDS
+                and " ".join(words) == form
+                and words[0] not in GENERIC_WORDS
+                and not SLOT_STOPWORDS.intersection(words)
+                and not SLOT_BREAK.search(form)
+            ):
+                plain.add(form)
+    return frozenset(plain)
+
+
+def names_only_known_defects(lowered: str, plain: frozenset[str], longest: int) -> bool:
+    """Whether every "X defect" of a lower-cased text has a name of `plain` (of at most
+    `longest` words) right before "defect": then `defect_slots` reads a known name at each one,
+    so the text names no unknown defect. A fast and exact shortcut for the common case; False
+    says nothing (the full reading decides)."""
+    for head in DEFECT_HEADS:
+        start = lowered.find(head)
+        while start >= 0:
+            if (not start or not lowered[start - 1].isalnum()) and not lowered.startswith(
+                'defect of the "', start
+            ):
+                # The window `defect_slots` reads, its last words as it splits them.
+                words = lowered[start - 80 if start > 80 else 0 : start].rsplit(None, longest)
+                if not words:
+                    return False
+                if words[-1] not in plain:
+                    for count in range(2, min(longest, len(words)) + 1):
+                        if " ".join(words[-count:]) in plain:
+                            break
+                    else:
+                        return False
+            start = lowered.find(head, start + 1)
+    return True
+
+
 def name_known(stated: str, names: frozenset[str]) -> bool:
     """Whether the stated name, or its tail after adjectives, is one of `names`."""
     words = stated.split()
@@ -252,15 +313,17 @@ REFUSAL_START = re.compile(
 TERMINAL = ".!?"
 CLOSERS = "\"')]}”’»*"
 PAIRS = (("(", ")"), ("[", "]"), ("{", "}"), ("“", "”"))
-PAIRED = re.compile(r'[()\[\]{}“”"]')
+PAIRED = '()[]{}“”"'  # any of these, and truncation() counts the pairs
 # Short answers ("Yes", "B") are complete without a full stop.
 MIN_WORDS_FOR_TRUNCATION = 4
 
 
 def is_refusal(lowered: str) -> bool:
+    # Each alternative of REFUSAL_ANYWHERE holds one of these: the regex runs on few answers.
     if (
-        "sorry" in lowered or "as a" in lowered or "apologi" in lowered
-    ) and REFUSAL_ANYWHERE.search(lowered):
+        "sorry" in lowered or "apologi" in lowered or "as an ai" in lowered
+        or "as a language model" in lowered
+    ) and REFUSAL_ANYWHERE.search(lowered):  # fmt: skip
         return True
     return lowered.lstrip(" *\"'")[:1] in ("i", "u") and bool(REFUSAL_START.match(lowered))
 
@@ -268,11 +331,20 @@ def is_refusal(lowered: str) -> bool:
 def truncation(text: str) -> str | None:
     """Why an answer looks cut off, or None."""
     stripped = text.rstrip()
+    mid_sentence = stripped.rstrip(CLOSERS)[-1:] not in TERMINAL
+    # Each character of PAIRED, as `in` tests (a regex class costs twice as much).
+    paired = (
+        '"' in stripped or "(" in stripped or ")" in stripped or "[" in stripped
+        or "]" in stripped or "{" in stripped or "}" in stripped or "“" in stripped
+        or "”" in stripped
+    )  # fmt: skip
+    if not (mid_sentence or paired):
+        return None  # most answers: a full stop and no bracket, whatever their length
     if stripped.count(" ") < MIN_WORDS_FOR_TRUNCATION - 1:
         return None
-    if stripped.rstrip(CLOSERS)[-1:] not in TERMINAL:
+    if mid_sentence:
         return f"ends mid-sentence ({stripped[-30:]!r})"
-    if PAIRED.search(stripped):
+    if paired:
         for opening, closing in PAIRS:
             if stripped.count(opening) != stripped.count(closing):
                 return f"unbalanced {opening}{closing}"
@@ -293,6 +365,9 @@ class Vocabulary:
     category_names: frozenset[str]  # lower case: "capsule", "metal nut", "a metal nut"
     # Defect and category names that hold a grid word ("misplaced label top"), longest first.
     grid_names: re.Pattern[str] | None
+    # The defect names `names_only_known_defects` looks for, and the most words one has.
+    plain_names: frozenset[str] = frozenset()
+    plain_words: int = 0
 
 
 def names_holding_grid_words(names: Iterable[str]) -> re.Pattern[str] | None:
@@ -356,23 +431,16 @@ class _Subject:
     region_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Checked:
-    """One answer, checked: its findings, the label findings (first answers only), and the
-    digest it is counted under for boilerplate (None for an empty answer)."""
-
-    specs: tuple[Spec, ...]
-    label: tuple[Spec, ...]
-    vote: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _CheckedRecord:
-    """The answers of one record, checked: every finding in order, and the (digest, turn) of
-    each distinct answer, to count for boilerplate."""
-
-    specs: tuple[Spec, ...]
-    votes: tuple[tuple[int, int], ...]
+#: One answer, checked: its findings, the label findings (first answers only), and the digest
+#: it is counted under for boilerplate (None for an empty answer). Plain tuples, as these are
+#: made once an answer: a frozen dataclass's __init__ costs a microsecond.
+Checked = tuple[tuple[Spec, ...], tuple[Spec, ...], int | None]
+#: The answers of one record, checked: every finding in order, and the (digest, turn) of each
+#: distinct answer, to count for boilerplate.
+CheckedRecord = tuple[tuple[Spec, ...], tuple[tuple[int, int], ...]]
+EMPTY_ANSWER: Checked = ((), (), None)
+#: "turn 1", "turn 3", ...: the names of the answers' turns, made once.
+TURN_NAMES = tuple(f"turn {index}" for index in range(64))
 
 
 class GroundingValidator(Validator):
@@ -437,18 +505,23 @@ class GroundingValidator(Validator):
             turns = record["conversations"]
             # The record fits its model: the turns alternate from a human one, so the answers
             # are the odd turns.
-            checked = checked_record(subject, *[turns[i]["value"] for i in range(1, len(turns), 2)])
+            if len(turns) == 2:
+                specs, votes = checked_record(subject, turns[1]["value"])
+            else:
+                specs, votes = checked_record(
+                    subject, *[turns[i]["value"] for i in range(1, len(turns), 2)]
+                )
             record_id, family = record["id"], meta["task_family"]
             hitters = hitters_of.get(family) or self.new_family(family)
             files_of[family][file] += 1
             hitters.records += 1
             counts = hitters.counts
-            for key, turn in checked.votes:
+            for key, turn in votes:
                 if key in counts:  # HeavyHitters.add's common case, without the call
                     counts[key] += 1
                 else:
                     hitters.add(key, record_id, turn)
-            for severity, code, message in checked.specs:
+            for severity, code, message in specs:
                 findings.append(
                     self.finding(severity, code, message, file=file, record_id=record_id)
                 )
@@ -476,32 +549,37 @@ class GroundingValidator(Validator):
             subject = self._subjects[value] = _Subject(*value)  # type: ignore[arg-type]
         return facts, subject
 
-    def check_answers(self, subject: _Subject, *answers: str) -> _CheckedRecord:
+    def check_answers(self, subject: _Subject, *answers: str) -> CheckedRecord:
         """The answers of a record (the odd turns, in order) against their subject."""
         checked = self.checked
+        if len(answers) == 1:  # most records: one answer, without the general assembly
+            specs, label, vote = checked(answers[0], 1, True, subject)
+            return specs + label, ((vote, 1),) if vote is not None else ()
         read = [checked(text, 2 * n + 1, n == 0, subject) for n, text in enumerate(answers)]
-        specs = [spec for answer in read for spec in answer.specs]
+        every = [spec for specs, _, _ in read for spec in specs]
         if read:
-            specs += read[0].label
+            every += read[0][1]
         # One vote per distinct answer of a record, so that a share is a share of records.
-        distinct = {
-            answer.vote: 2 * n + 1
-            for n, answer in reversed(list(enumerate(read)))  # the first turn of a repeat wins
-            if answer.vote is not None
+        distinct = {  # the first turn of a repeat wins
+            vote: 2 * n + 1
+            for n, (_, _, vote) in reversed(list(enumerate(read)))
+            if vote is not None
         }
-        return _CheckedRecord(tuple(specs), tuple(distinct.items()))
+        return tuple(every), tuple(distinct.items())
 
-    def check_answer(self, text: str, index: int, first: bool, subject: _Subject) -> _Checked:
+    def check_answer(self, text: str, index: int, first: bool, subject: _Subject) -> Checked:
         """Everything of one answer (turn `index`), from its text and its subject alone."""
         lowered = text.lower()
-        where = f"turn {index}"
+        stripped = lowered.strip()
+        if not stripped:
+            return EMPTY_ANSWER  # the conversation check's empty_turn says so, once
+        where = TURN_NAMES[index] if index < len(TURN_NAMES) else f"turn {index}"
         specs = self.hygiene(where, text, lowered)
         if subject.known:
             specs += self.claims(subject, where, lowered)
-        label = self.label(subject, where, lowered) if first else []
-        stripped = lowered.strip()
+        label = self.label(subject, where, lowered) if first else ()
         # The hash is Python's own: counts live for one run, and 8 bytes cost no text.
-        return _Checked(tuple(specs), tuple(label), hash(stripped) if stripped else None)
+        return tuple(specs), tuple(label), hash(stripped)
 
     def vocabulary(
         self, context: FolderContext, source: str, category: str, facts: SampleFacts | None
@@ -521,6 +599,7 @@ class GroundingValidator(Validator):
             categories = {category, humanise(category), category_name(category)}
             categories = {name.lower() for name in categories | {object_phrase(category)}}
             humanised = humanised_names(raw)
+            plain = plain_names(humanised)
             vocabulary = self._vocabularies[key] = Vocabulary(
                 defect_names=frozenset(humanised),
                 release_names=frozenset(humanised_names(release)),
@@ -528,12 +607,13 @@ class GroundingValidator(Validator):
                 grid_names=names_holding_grid_words(
                     {name.lower() for name in raw} | humanised | categories
                 ),
+                plain_names=plain,
+                plain_words=max((len(name.split()) for name in plain), default=0),
             )
         return vocabulary
 
     def hygiene(self, where: str, text: str, lowered: str) -> list[Spec]:
-        if not text.strip():
-            return []  # empty: the conversation check's empty_turn says so, once
+        """Refusals and truncation of a non-empty answer."""
         specs: list[Spec] = []
         if is_refusal(lowered):
             specs.append(("error", "refusal", f"{where} refuses: {text[:80]!r}"))
@@ -575,7 +655,7 @@ class GroundingValidator(Validator):
 
     def stated_defect(self, vocabulary: Vocabulary, lowered: str) -> str | None:
         """A defect name of the category stated plainly ('with a crack defect'), if any."""
-        if "defect" not in lowered or any(negation in lowered for negation in NEGATIONS):
+        if "defect" not in lowered or has_negation(lowered):
             return None  # "no sign of a crack defect" is no claim
         for stated, before in defect_slots(lowered):
             if before in ARTICLES and name_known(stated, vocabulary.defect_names):
@@ -585,35 +665,48 @@ class GroundingValidator(Validator):
     def claims(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
         """Location words, region counts and defect names of one answer of a known sample;
         locations are checked when its mask has regions in grid cells (`located`)."""
-        words = self.grid_words(subject.vocabulary, lowered)
         counts = count_claims(lowered) if "region" in lowered else []
+        if not subject.anomaly:
+            # A normal image has no anomalous region (its object may still have a "top", so
+            # its grid words are not read) and no defect name to check.
+            return [
+                ("error", "count_mismatch", f"{where} states {count} region(s); the mask has 0")
+                for count in dict.fromkeys(counts)
+                if count != 0
+            ]
+        words = self.grid_words(subject.vocabulary, lowered)
         specs: list[Spec] = []
-        if subject.anomaly and not subject.located:
+        if not subject.located:
             if words or counts:
                 stated = ", ".join([*dict.fromkeys(words), *(f"{n} region(s)" for n in counts)])
                 message = f"{where} states {stated} but the sample has no mask to support it"
                 specs.append(("error", "location_without_mask", message))
         else:
-            # A normal image has no anomalous region, but its object may still have a "top".
             cells = subject.grid_cells
             wrong = [word for word in dict.fromkeys(words) if word not in cells]
-            if subject.anomaly and wrong:
+            if wrong:
                 message = (
                     f"{where} states {', '.join(wrong)}; the mask's grid cells are "
                     f"{', '.join(cells)}"
                 )
                 specs.append(("error", "location_mismatch", message))
-            expected = subject.region_count if subject.anomaly else 0
+            expected = subject.region_count
             for count in dict.fromkeys(counts):
                 if count != expected:
                     message = f"{where} states {count} region(s); the mask has {expected}"
                     specs.append(("error", "count_mismatch", message))
-        if subject.anomaly and ("defect" in lowered or "abnormalit" in lowered):
+        if "defect" in lowered or "abnormalit" in lowered:
             specs += self.defect_names(subject, where, lowered)
         return specs
 
     def defect_names(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
         vocabulary = subject.vocabulary
+        if (
+            vocabulary.plain_names
+            and '" kind' not in lowered  # OTHER_KIND's names: the full reading
+            and names_only_known_defects(lowered, vocabulary.plain_names, vocabulary.plain_words)
+        ):
+            return []
         specs: list[Spec] = []
         for stated, before in defect_slots(lowered):
             if (
