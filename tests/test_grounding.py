@@ -6,7 +6,9 @@ asserts that exactly those records are flagged with the fault's code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -15,9 +17,13 @@ from built_folders import build_demo_folder, validate_records
 
 from adinstruct.builder.describe.template import GRID_PATTERN, grid_words_in
 from adinstruct.builder.instruct import INSTRUCT_FILE
-from adinstruct.validators.base import Finding, FolderContext, SampleFacts, check_shape
+from adinstruct.validators.base import Batch, Finding, FolderContext, SampleFacts, check_shape
 from adinstruct.validators.folder import load_context
-from adinstruct.validators.grounding import GroundingValidator
+from adinstruct.validators.grounding import (
+    CacheUse,
+    GroundingValidator,
+    names_only_known_defects,
+)
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +398,99 @@ def test_a_sample_added_to_the_context_later_is_checked_against():
     context.samples[LOCO.sample_id] = LOCO
     codes = [f.code for f in validator.check(record, "x.json", context)]
     assert codes == ["location_mismatch"]
+
+
+def test_a_superscript_before_regions_states_no_count():
+    # "²".isdigit() holds but int("²") raises: the count reader must read it as no number.
+    assert codes(LOCO, "Yes, it covers ² regions in the bottom left of the image.") == []
+
+
+# -- the exact shortcuts ----------------------------------------------------------------
+
+
+class FullReading(GroundingValidator):
+    """The validator with its shortcuts turned off: the reading each one stands in for (the
+    known defect names right before "defect", and an anomaly's stated location meaning it is
+    not said to be normal)."""
+
+    def vocabulary(self, *args):
+        plain = super().vocabulary(*args)
+        return dataclasses.replace(plain, plain_names=frozenset(), plain_words=0)
+
+    def claims_normal(self, vocabulary, lowered, words=None):
+        return super().claims_normal(vocabulary, lowered, None)
+
+
+SPLICES = [
+    "a crack defect", "the defect", "no defects", "a large crack defect", "a hole defect",
+    "a broken defect", "a bubble defect", "other defects", "a missing piece defect",
+    "a scratch  defect", "crack-defect", "a crack, defect", "a metal nut defect",
+    'a defect of the "broken" kind', "an abnormality", "a small surface defect",
+    "looks normal", "is free of defects", "nothing abnormal is visible", "in the top left",
+    "in the center", "No,", "Yes,", "it is intact", "two regions", "defects",
+]  # fmt: skip
+
+
+def spliced(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    for _ in range(rng.randint(1, 3)):
+        words.insert(rng.randint(0, len(words)), rng.choice(SPLICES))
+    return " ".join(words)
+
+
+def test_the_shortcuts_find_exactly_what_the_full_reading_finds(demo):
+    context = load_context(demo)
+    rng = random.Random(0)
+    corpus = []
+    for record in records(demo):
+        corpus.append(record)
+        for _ in range(6):
+            variant = json.loads(json.dumps(record))
+            for turn in answers(variant):
+                turn["value"] = spliced(turn["value"], rng)
+            corpus.append(variant)
+    found = []
+    for validator in (GroundingValidator(), FullReading()):
+        found.append(
+            [
+                (f.record_id, f.code, f.message)
+                for r in corpus
+                for f in validator.check(r, "x", context)
+            ]
+        )
+    assert found[0] == found[1]
+    # The corpus reaches both sides of each shortcut.
+    found_codes = {code for _, code, _ in found[0]}
+    assert {"unknown_defect_name", "label_contradiction", "location_mismatch"} <= found_codes
+    reader, shortcuts = GroundingValidator(), 0
+    for record in corpus:
+        meta = record["metadata"]
+        vocabulary = reader.vocabulary(context, meta["source"], meta["category"], None)
+        for turn in answers(record):
+            lowered = turn["value"].lower()
+            shortcuts += "defect" in lowered and names_only_known_defects(
+                lowered, vocabulary.plain_names, vocabulary.plain_words
+            )
+    assert shortcuts > len(corpus) / 4
+
+
+def test_the_caches_step_aside_while_no_answer_repeats_and_come_back_when_answers_do():
+    validator = GroundingValidator(cache_size=64)
+    context = context_with(LOCO, {"misplaced_label_top"})
+    use = CacheUse.WINDOW + 64 * CacheUse.PROBE_EVERY * 4  # records: a window, then probes
+
+    def batch(texts: list[str]) -> Batch:
+        return Batch("instruction_record", "x.json", 0, [record_for(LOCO, t) for t in texts])
+
+    flagged = 0
+    for start in range(0, use, 64):  # every answer new, each with a wrong location
+        texts = [f"Yes, in the top right, case {n}." for n in range(start, start + 64)]
+        flagged += len(list(validator.check_batch(batch(texts), context)))
+    asked = validator.checked_record.cache_info()
+    assert flagged == use  # every record read, cache or none
+    assert asked.hits == 0 and asked.hits + asked.misses < use / 2  # probes only, after a while
+    for _ in range(CacheUse.PROBE_EVERY * 3):  # then the same answer in every record
+        texts = ["Yes, in the top right of the image."] * 64
+        assert len(list(validator.check_batch(batch(texts), context))) == 64
+    again = validator.checked_record.cache_info()
+    assert again.hits - asked.hits > 64 * CacheUse.PROBE_EVERY  # asked again, and hit

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from adinstruct.builder.describe.template import (
     UNNAMED,
@@ -238,10 +239,11 @@ def plain_names(names: Iterable[str]) -> frozenset[str]:
 
 
 def names_only_known_defects(lowered: str, plain: frozenset[str], longest: int) -> bool:
-    """Whether every "X defect" of a lower-cased text has a name of `plain` (of at most
-    `longest` words) right before "defect": then `defect_slots` reads a known name at each one,
-    so the text names no unknown defect. A fast and exact shortcut for the common case; False
-    says nothing (the full reading decides)."""
+    """Whether every "X defect" of a lower-cased text has, right before "defect", a name of
+    `plain` (of at most `longest` words) or a stopword ("the defect", "no defects"): then
+    `defect_slots` reads a known name or none at each one, so the text names no unknown defect.
+    A fast and exact shortcut for the common case; False says nothing (the full reading
+    decides)."""
     for head in DEFECT_HEADS:
         start = lowered.find(head)
         while start >= 0:
@@ -252,7 +254,7 @@ def names_only_known_defects(lowered: str, plain: frozenset[str], longest: int) 
                 words = lowered[start - 80 if start > 80 else 0 : start].rsplit(None, longest)
                 if not words:
                     return False
-                if words[-1] not in plain:
+                if words[-1] not in plain and words[-1] not in SLOT_STOPWORDS:
                     for count in range(2, min(longest, len(words)) + 1):
                         if " ".join(words[-count:]) in plain:
                             break
@@ -276,6 +278,7 @@ def name_known(stated: str, names: frozenset[str]) -> bool:
 
 # Every grid word contains one of these.
 GRID_STEMS = ("top", "bottom", "left", "right", "center")
+GRID_STEM_SIZES = tuple((stem, len(stem)) for stem in GRID_STEMS)
 BLANK = "§"  # what a name holding a grid word is replaced by before grid words are searched
 
 
@@ -285,12 +288,16 @@ def grid_window(lowered: str) -> tuple[int, int] | None:
     `grid_words_in` on that span finds what it finds on the whole text (every grid word holds
     a stem, and the span starts and ends at word edges), at a fraction of the cost.
     """
+    find, rfind = lowered.find, lowered.rfind
     first, last = len(lowered), -1
-    for stem in GRID_STEMS:
-        at = lowered.find(stem)
+    for stem, size in GRID_STEM_SIZES:
+        at = find(stem)
         if at >= 0:
-            first = min(first, at)
-            last = max(last, lowered.rfind(stem) + len(stem))
+            if at < first:
+                first = at
+            end = rfind(stem) + size
+            if end > last:
+                last = end
     if last < 0:
         return None
     while first > 0 and lowered[first - 1].isalnum():
@@ -411,6 +418,40 @@ class HeavyHitters:
         return [(key, n) for key, n in self.counts.items() if n > share * self.records]
 
 
+class CacheUse:
+    """Whether a cache is worth asking, judged once a batch from its own counts.
+
+    A hit saves reading an answer (about 10 µs); a miss costs its key, an entry made and one
+    evicted, and the memory that churns (about 2 µs a record, measured). In a folder an LLM
+    wrote no two answers are alike, so when fewer than MIN_HIT_RATE of a window of lookups hit,
+    the caller goes around the cache, and one batch in PROBE_EVERY asks it still, to see
+    whether answers repeat again (a later file may be the banks').
+    """
+
+    WINDOW = 1024  # lookups
+    MIN_HIT_RATE = 0.05
+    PROBE_EVERY = 16  # batches
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache  # a functools.lru_cache wrapper
+        self.paying = True
+        self.batches = self.hits = self.lookups = 0
+
+    def reset(self) -> None:
+        """After the cache was cleared: its counts start again."""
+        self.paying, self.batches, self.hits, self.lookups = True, 0, 0, 0
+
+    def worth_asking(self) -> bool:
+        hits, misses, _, _ = self.cache.cache_info()
+        lookups = hits + misses
+        # Judged over a window while asked, and on each probe batch while stepped aside.
+        if lookups - self.lookups >= (self.WINDOW if self.paying else 1):
+            self.paying = hits - self.hits >= self.MIN_HIT_RATE * (lookups - self.lookups)
+            self.hits, self.lookups = hits, lookups
+        self.batches += 1
+        return self.paying or self.batches % self.PROBE_EVERY == 0
+
+
 #: A finding to be, before it knows its record: (severity, code, message).
 Spec = tuple[Severity, str, str]
 
@@ -473,9 +514,13 @@ class GroundingValidator(Validator):
         # reading one costs tens of microseconds: each distinct answer is read once for each
         # subject, and each distinct set of a record's answers is assembled once, in caches of
         # a fixed size, so that memory stays flat however many records there are.
+        # Where no answer repeats (an LLM's), the caches step aside (`CacheUse`).
         self.subject = lru_cache(maxsize=cache_size)(self.make_subject)
         self.checked = lru_cache(maxsize=cache_size)(self.check_answer)
         self.checked_record = lru_cache(maxsize=cache_size)(self.check_answers)
+        self._answer_cache_use = CacheUse(self.checked)
+        self._record_cache_use = CacheUse(self.checked_record)
+        self._read_answer: Callable[[str, int, bool, _Subject], Checked] = self.checked
 
     # -- per record ---------------------------------------------------------------------
 
@@ -489,8 +534,16 @@ class GroundingValidator(Validator):
             self._context, self._vocabularies, self._subjects = context, {}, {}
             for cache in (self.subject, self.checked, self.checked_record):
                 cache.cache_clear()
+            self._answer_cache_use.reset()
+            self._record_cache_use.reset()
         file, samples = batch.file, context.samples
-        subject_of, checked_record = self.subject, self.checked_record
+        subject_of = self.subject
+        checked_record = (
+            self.checked_record if self._record_cache_use.worth_asking() else self.check_answers
+        )
+        self._read_answer = (
+            self.checked if self._answer_cache_use.worth_asking() else self.check_answer
+        )
         hitters_of, files_of = self.answers_by_family, self.files_by_family
         findings: list[Finding] = []
         for record in batch.records:
@@ -551,7 +604,7 @@ class GroundingValidator(Validator):
 
     def check_answers(self, subject: _Subject, *answers: str) -> CheckedRecord:
         """The answers of a record (the odd turns, in order) against their subject."""
-        checked = self.checked
+        checked = self._read_answer
         if len(answers) == 1:  # most records: one answer, without the general assembly
             specs, label, vote = checked(answers[0], 1, True, subject)
             return specs + label, ((vote, 1),) if vote is not None else ()
@@ -575,9 +628,12 @@ class GroundingValidator(Validator):
             return EMPTY_ANSWER  # the conversation check's empty_turn says so, once
         where = TURN_NAMES[index] if index < len(TURN_NAMES) else f"turn {index}"
         specs = self.hygiene(where, text, lowered)
+        words = None
         if subject.known:
-            specs += self.claims(subject, where, lowered)
-        label = self.label(subject, where, lowered) if first else ()
+            if subject.anomaly:  # its grid words, read once for its claims and its label
+                words = self.grid_words(subject.vocabulary, lowered)
+            specs += self.claims(subject, where, lowered, words)
+        label = self.label(subject, where, lowered, words) if first else ()
         # The hash is Python's own: counts live for one run, and 8 bytes cost no text.
         return tuple(specs), tuple(label), hash(stripped)
 
@@ -622,7 +678,9 @@ class GroundingValidator(Validator):
             specs.append(("warning", "truncated_answer", f"{where} looks truncated: {reason}"))
         return specs
 
-    def label(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
+    def label(
+        self, subject: _Subject, where: str, lowered: str, words: list[str] | None = None
+    ) -> list[Spec]:
         """The first answer's yes/no (or its plain claim) against the sample's label."""
         polarity = leading_polarity(lowered)
         if polarity is not None:
@@ -631,7 +689,7 @@ class GroundingValidator(Validator):
             truth = "an anomalous" if subject.anomaly else "a normal"
             message = f"{where} answers {polarity!r} on {truth} image"
         elif subject.anomaly:
-            if not self.claims_normal(subject.vocabulary, lowered):
+            if not self.claims_normal(subject.vocabulary, lowered, words):
                 return []
             message = f"{where} says the object is normal on an anomalous image"
         else:
@@ -641,8 +699,16 @@ class GroundingValidator(Validator):
             message = f"{where} states a {stated!r} defect on a normal image"
         return [("error", "label_contradiction", message)]
 
-    def claims_normal(self, vocabulary: Vocabulary, lowered: str) -> bool:
-        """Whether the text says the object is normal and says nothing of a defect."""
+    def claims_normal(
+        self, vocabulary: Vocabulary, lowered: str, words: list[str] | None = None
+    ) -> bool:
+        """Whether the text says the object is normal and says nothing of a defect. `words`
+        are its grid words, if read already: a stated location is something of a defect."""
+        if words and vocabulary.grid_names is None:
+            # Exactly what the reading below decides: no claim holds a grid word, and blanking
+            # claims keeps a word's edges, so the rest states those words too. (A name that
+            # holds a grid word could start to match once a claim beside it is blanked.)
+            return False
         spans = normal_claims(lowered)
         if not spans:
             return False
@@ -662,9 +728,12 @@ class GroundingValidator(Validator):
                 return stated
         return None
 
-    def claims(self, subject: _Subject, where: str, lowered: str) -> list[Spec]:
+    def claims(
+        self, subject: _Subject, where: str, lowered: str, words: list[str] | None = None
+    ) -> list[Spec]:
         """Location words, region counts and defect names of one answer of a known sample;
-        locations are checked when its mask has regions in grid cells (`located`)."""
+        locations are checked when its mask has regions in grid cells (`located`). `words`
+        are an anomaly's grid words, if read already."""
         counts = count_claims(lowered) if "region" in lowered else []
         if not subject.anomaly:
             # A normal image has no anomalous region (its object may still have a "top", so
@@ -674,7 +743,8 @@ class GroundingValidator(Validator):
                 for count in dict.fromkeys(counts)
                 if count != 0
             ]
-        words = self.grid_words(subject.vocabulary, lowered)
+        if words is None:
+            words = self.grid_words(subject.vocabulary, lowered)
         specs: list[Spec] = []
         if not subject.located:
             if words or counts:
