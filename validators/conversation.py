@@ -78,23 +78,30 @@ def record_follows_every_rule(record: InstructionRecordJSON) -> bool:
 
 def values_follow_every_rule(images: int, values: list[str]) -> bool:
     """The rules on the turns' texts, for turns in a valid order."""
+    return first_turn_follows(images, values[0]) and all(map(later_turn_follows, values[1:]))
+
+
+def first_turn_follows(images: int, first: str) -> bool:
+    """The rules on the first (human) turn of a record that shows `images` images."""
     if not 0 < images < len(_PREFIXES):
         return False
-    first, prefix = values[0], _PREFIXES[images]
+    prefix = _PREFIXES[images]
     if not first.startswith(prefix) or first.count(IMAGE_TOKEN) != images:
         return False
     # After its tokens the first turn may hold nothing (an image-only prompt).
     text = first[len(prefix) :]
     stripped = text.strip()
-    if stripped and stripped != text:
-        return False
-    for value in values[1:]:
-        if IMAGE_TOKEN in value:
-            return False
-        stripped = value.strip()
-        if not stripped or stripped != value:
-            return False
-    return True
+    return not stripped or stripped == text
+
+
+def later_turn_follows(value: str) -> bool:
+    """The rules on every turn after the first: no image token, not empty, no outer space."""
+    return IMAGE_TOKEN not in value and value.strip() == value and value != ""
+
+
+#: First turns come from question banks and repeat: each (image count, text) is judged once,
+#: in a dict cleared when it holds this many.
+FIRST_TURNS_KEPT = 4096
 
 
 def turn_list(indices: list[int]) -> str:
@@ -104,6 +111,9 @@ def turn_list(indices: list[int]) -> str:
 class ConversationValidator(Validator):
     name = "conversation"
     raw_kinds = frozenset({"instruction_record", "reasoning_item", "mmad_item"})
+
+    def __init__(self) -> None:
+        self._first_turns: dict[object, bool] = {}  # (image count,) first turn -> it follows
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
         if raw.kind == "instruction_record" and raw.fits and record_follows_every_rule(raw.data):
@@ -118,12 +128,26 @@ class ConversationValidator(Validator):
         return self.check_mmad(raw, data)
 
     def check_batch(self, batch: Batch, context: FolderContext) -> Iterable[Finding]:
+        """`record_follows_every_rule` on each record, each distinct first turn judged once."""
         findings: list[Finding] = []
-        follows = values_follow_every_rule
+        judged = self._first_turns
+        later_follows = later_turn_follows
         for position, record in enumerate(batch.records):
-            image = record["image"]  # record_follows_every_rule, without the call
-            images = 1 if type(image) is str else len(image)
-            if not follows(images, [turn["value"] for turn in record["conversations"]]):
+            image, turns = record["image"], record["conversations"]
+            first = turns[0]["value"]
+            key = first if type(image) is str else (len(image), first)
+            follows = judged.get(key)
+            if follows is None:
+                if len(judged) >= FIRST_TURNS_KEPT:
+                    judged.clear()
+                images = 1 if type(image) is str else len(image)
+                follows = judged[key] = first_turn_follows(images, first)
+            if follows:
+                for index in range(1, len(turns)):
+                    if not later_follows(turns[index]["value"]):
+                        follows = False
+                        break
+            if not follows:
                 findings += self.check_conversation(batch.raw(position), record)  # type: ignore[arg-type]
         return findings
 

@@ -544,7 +544,8 @@ class GroundingValidator(Validator):
         self._read_answer = (
             self.checked if self._answer_cache_use.worth_asking() else self.check_answer
         )
-        hitters_of, files_of = self.answers_by_family, self.files_by_family
+        hitters_of = self.answers_by_family
+        in_batch: dict[str, int] = {}  # family -> records, added to the counts once a batch
         findings: list[Finding] = []
         for record in batch.records:
             meta = record["metadata"]
@@ -564,20 +565,22 @@ class GroundingValidator(Validator):
                 specs, votes = checked_record(
                     subject, *[turns[i]["value"] for i in range(1, len(turns), 2)]
                 )
-            record_id, family = record["id"], meta["task_family"]
+            family = meta["task_family"]
             hitters = hitters_of.get(family) or self.new_family(family)
-            files_of[family][file] += 1
-            hitters.records += 1
+            in_batch[family] = in_batch.get(family, 0) + 1
             counts = hitters.counts
             for key, turn in votes:
                 if key in counts:  # HeavyHitters.add's common case, without the call
                     counts[key] += 1
                 else:
-                    hitters.add(key, record_id, turn)
+                    hitters.add(key, record["id"], turn)
             for severity, code, message in specs:
                 findings.append(
-                    self.finding(severity, code, message, file=file, record_id=record_id)
+                    self.finding(severity, code, message, file=file, record_id=record["id"])
                 )
+        for family, records in in_batch.items():
+            hitters_of[family].records += records
+            self.files_by_family[family][file] += records
         return findings
 
     def make_subject(
