@@ -13,6 +13,12 @@ peak of the process that spawned it (a child starts as its copy), so the bench i
 holds the records, and prints its own peak, below which no child's figure can read. Targets
 (issue 4): every validator together at 25,000 records/s or more on one core, and memory
 independent of the record count (the peak at all the records within 10% of the tenth's).
+Each run's own seconds per validator (from its validation.json) are printed below it.
+
+--distinct-answers is the worst case for the grounding check, which then reads every answer
+(about 10 µs each here) where the default folder's repeats hit its caches; it holds a folder
+that no build writes over a few hundred images (a build writes at most three records a sample,
+so LLM-written answers come with as many images to decode).
 """
 
 from __future__ import annotations
@@ -99,6 +105,15 @@ def run_validate(folder: Path) -> tuple[float, float, float, int]:
     return seconds, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
+def validator_seconds(folder: Path) -> str:
+    """Each validator's own seconds in the run, and the rest (reading, start-up, the report)."""
+    report = json.loads((folder / "validation.json").read_text(encoding="utf-8"))
+    spent = {entry["name"]: entry["seconds"] for entry in report["validators"]}
+    parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in spent.items())
+    rest = report["seconds"] - sum(spent.values())
+    return f"validators s: {parts}; reading and the rest {rest:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -133,6 +148,7 @@ def main() -> None:
             print(f"{count:>9} {floor:>8.2f} {seconds:>11.2f} {rate:>10,.0f} "
                   f"{seconds / floor:>6.1f} {cpu:>6.2f} {count / cpu:>13,.0f} {peak_mb:>8.1f}"
                   f"   (exit {code})")  # fmt: skip
+            print(f"{'':>9}   {validator_seconds(folder)}")
             shutil.rmtree(folder)
         print("floor: json.loads of the records file and one pass over it; ratio: validate/floor;"
               " cpu s: the validate process's user + system time")  # fmt: skip

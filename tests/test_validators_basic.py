@@ -384,14 +384,20 @@ def test_the_quick_path_on_fitting_records_agrees_with_the_quick_path_on_any_jso
     record fits exactly when the model accepts it."""
     import random
 
-    from adinstruct.validators.base import check_shape, validate_strictly
-    from adinstruct.validators.conversation import follows_every_rule, record_follows_every_rule
+    from adinstruct.validators.base import Batch, FolderContext, check_shape, validate_strictly
+    from adinstruct.validators.conversation import (
+        ConversationValidator,
+        follows_every_rule,
+        record_follows_every_rule,
+    )
 
     rng = random.Random(1)
     values = ["Is it defective?", "", "  ", " padded", "padded ", "x <image>", "<image>x", "ok"]
     images = ["demo/a.png", ["demo/a.png", "demo/b.png"], [], ["demo/c.png"] * 16]
     accepted = passed = 0
-    for _ in range(3000):
+    batch, one_by_one = Batch("instruction_record", "f.json", 0), []
+    context = FolderContext(root=Path("."))
+    for number in range(3000):
         image = rng.choice(images)
         count = len(image) if isinstance(image, list) else 1
         turns = []
@@ -401,12 +407,13 @@ def test_the_quick_path_on_fitting_records_agrees_with_the_quick_path_on_any_jso
                 value = "<image>\n" * rng.choice([count, count, 1, 2]) + value
             turns.append({"from": ("human", "gpt")[index % 2], "value": value})
         data = {
-            "id": "r", "image": image, "conversations": turns,
+            "id": f"r{number}", "image": image, "conversations": turns,
             "metadata": {"anomaly": False, "source": "demo", "category": "capsule",
                          "sample_id": "s", "task_family": "detection"},
         }  # fmt: skip
-        model, _ = validate_strictly("instruction_record", json.dumps(data))
-        record, fits = check_shape("instruction_record", json.dumps(data))
+        text = json.dumps(data)
+        model, _ = validate_strictly("instruction_record", text)
+        record, fits = check_shape("instruction_record", text)
         assert fits == (model is not None), data
         if not fits:
             continue
@@ -414,4 +421,13 @@ def test_the_quick_path_on_fitting_records_agrees_with_the_quick_path_on_any_jso
         quick = record_follows_every_rule(record)
         assert quick == follows_every_rule(data), data
         passed += quick
+        batch.records.append(record)
+        batch.texts.append(text)
+        alone = Batch("instruction_record", "f.json", len(batch.records) - 1, [record], [text])
+        one_by_one += ConversationValidator().check_batch(alone, context)
     assert accepted > 1000 and passed > 20
+    # The batch path judges each distinct first turn once (they repeat here, as the banks'
+    # questions do) and finds what a fresh validator finds in each record alone.
+    together = ConversationValidator().check_batch(batch, context)
+    assert [(f.record_id, f.code) for f in together] == [(f.record_id, f.code) for f in one_by_one]
+    assert len(together) > 100
