@@ -20,8 +20,12 @@ from adinstruct.builder.instruct import INSTRUCT_FILE
 from adinstruct.validators.base import Batch, Finding, FolderContext, SampleFacts, check_shape
 from adinstruct.validators.folder import load_context
 from adinstruct.validators.grounding import (
+    NEGATIONS,
+    PAIRED,
     CacheUse,
     GroundingValidator,
+    has_negation,
+    has_paired,
     names_only_known_defects,
 )
 
@@ -494,3 +498,12 @@ def test_the_caches_step_aside_while_no_answer_repeats_and_come_back_when_answer
         assert len(list(validator.check_batch(batch(texts), context))) == 64
     again = validator.checked_record.cache_info()
     assert again.hits - asked.hits > 64 * CacheUse.PROBE_EVERY  # asked again, and hit
+
+
+def test_the_unrolled_character_tests_are_their_lists():
+    rng = random.Random(2)
+    alphabet = "ab no t\n" + PAIRED + "".join(NEGATIONS)
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert has_paired(text) == any(character in text for character in PAIRED), text
+        assert has_negation(text) == any(negation in text for negation in NEGATIONS), text

@@ -335,16 +335,19 @@ def is_refusal(lowered: str) -> bool:
     return lowered.lstrip(" *\"'")[:1] in ("i", "u") and bool(REFUSAL_START.match(lowered))
 
 
+def has_paired(text: str) -> bool:
+    """Whether any character of PAIRED is in the text (`or`-ed `in` tests: half a regex's cost)."""
+    return (
+        '"' in text or "(" in text or ")" in text or "[" in text or "]" in text or "{" in text
+        or "}" in text or "“" in text or "”" in text
+    )  # fmt: skip
+
+
 def truncation(text: str) -> str | None:
     """Why an answer looks cut off, or None."""
     stripped = text.rstrip()
     mid_sentence = stripped.rstrip(CLOSERS)[-1:] not in TERMINAL
-    # Each character of PAIRED, as `in` tests (a regex class costs twice as much).
-    paired = (
-        '"' in stripped or "(" in stripped or ")" in stripped or "[" in stripped
-        or "]" in stripped or "{" in stripped or "}" in stripped or "“" in stripped
-        or "”" in stripped
-    )  # fmt: skip
+    paired = has_paired(stripped)
     if not (mid_sentence or paired):
         return None  # most answers: a full stop and no bracket, whatever their length
     if stripped.count(" ") < MIN_WORDS_FOR_TRUNCATION - 1:
