@@ -113,7 +113,8 @@ class ConversationValidator(Validator):
     raw_kinds = frozenset({"instruction_record", "reasoning_item", "mmad_item"})
 
     def __init__(self) -> None:
-        self._first_turns: dict[object, bool] = {}  # (image count,) first turn -> it follows
+        # first turn (with the image count when a list of images) -> whether it follows
+        self._first_turns: dict[object, bool] = {}
 
     def check_raw(self, raw: RawRecord, context: FolderContext) -> Iterable[Finding]:
         if raw.kind == "instruction_record" and raw.fits and record_follows_every_rule(raw.data):
