@@ -16,7 +16,7 @@ independent of the record count (the peak at all the records within 10% of the t
 Each run's own seconds per validator (from its validation.json) are printed below it.
 
 --distinct-answers is the worst case for the grounding check, which then reads every answer
-(about 10 µs each here) where the default folder's repeats hit its caches; it holds a folder
+(about 14 µs each here) where the default folder's repeats hit its caches; it holds a folder
 that no build writes over a few hundred images (a build writes at most three records a sample,
 so LLM-written answers come with as many images to decode).
 """

@@ -424,7 +424,7 @@ class HeavyHitters:
 class CacheUse:
     """Whether a cache is worth asking, judged once a batch from its own counts.
 
-    A hit saves reading an answer (about 10 µs); a miss costs its key, an entry made and one
+    A hit saves reading an answer (10-15 µs); a miss costs its key, an entry made and one
     evicted, and the memory that churns (a few µs a record, measured). In a folder an LLM
     wrote no two answers are alike, so when fewer than MIN_HIT_RATE of a window of lookups hit,
     the caller goes around the cache, and one batch in PROBE_EVERY asks it still, to see
