@@ -91,7 +91,6 @@ STRICTLY: dict[str, Any] = {"strict": True, "by_alias": True, "by_name": False}
 RECORD_SHAPES: dict[str, SchemaValidator] = {
     "instruction_record": TypeAdapter(InstructionRecordJSON).validator,
 }
-SPEAKERS = ("human", "gpt")
 
 
 def alternates(turns: list[dict[str, Any]]) -> bool:

@@ -257,11 +257,7 @@ class LeakageValidator(Validator):
         training, file = self.training, batch.file
         for record in batch.records:
             image = record["image"]
-            if type(image) is str:  # most records: one image, without a loop
-                if image not in training:
-                    training[image] = (file, record["id"])
-                continue
-            for shown in image:
+            for shown in (image,) if type(image) is str else image:
                 if shown not in training:
                     training[shown] = (file, record["id"])
         return ()
