@@ -51,6 +51,13 @@ def shown_paths(
     return [f"{source}/{path}" for path in views]
 
 
+def split_renders(render_paths: Sequence[str], view_count: int) -> tuple[list[str], list[str]]:
+    """A 3D sample's render paths as (what annotate drew before the views, the views): the
+    last `view_count` are the views; MVTec 3D-AD's depth image comes before them."""
+    first_view = max(len(render_paths) - view_count, 0)
+    return list(render_paths[:first_view]), list(render_paths[first_view:])
+
+
 def shown_images(sample: Sample) -> list[str]:
     """The images records of `sample` show, relative to DIR/images, in order."""
     return shown_paths(sample.source, sample.image_paths, sample.render_paths, sample.modality,

@@ -31,6 +31,7 @@ from adinstruct.builder.describe.overlay import as_rgb_array, encode_png, render
 from adinstruct.builder.describe.requests import ChatRequest, ResponseSchema
 from adinstruct.builder.describe.template import frame_phrase
 from adinstruct.builder.errors import ConfigError, PathEscapeError
+from adinstruct.builder.images import CLOUD_MODALITY, split_renders
 from adinstruct.builder.paths import resolve_inside
 from adinstruct.schemas import Description, Sample
 
@@ -305,11 +306,10 @@ def shown_files(
     if renders is None:
         raise ConfigError(f"the describer has no render folder for the 3D sample {sample.id}")
     folder = renders.views / sample.source
-    files = [] if sample.modality == "point_cloud" else [("image", root, sample.image_paths[0])]
-    # What annotate drew before the views: MVTec 3D-AD's depth image.
-    drawn_first = len(sample.render_paths) - sample.view_count
-    for index, name in enumerate(sample.render_paths):
-        files.append(("depth" if index < drawn_first else "view", folder, name))
+    files = [] if sample.modality == CLOUD_MODALITY else [("image", root, sample.image_paths[0])]
+    drawn, views = split_renders(sample.render_paths, sample.view_count)  # drawn: the depth image
+    files += [("depth", folder, name) for name in drawn]
+    files += [("view", folder, name) for name in views]
     return files
 
 

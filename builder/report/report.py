@@ -32,7 +32,7 @@ import pycocotools.mask as mask_utils
 from markupsafe import Markup
 
 from adinstruct import __version__
-from adinstruct.builder.images import shown_paths
+from adinstruct.builder.images import shown_paths, split_renders
 from adinstruct.builder.io import atomic_writer, replace_directory
 from adinstruct.builder.report.charts import (
     AREA_BIN_COUNT,
@@ -341,7 +341,7 @@ def measured_view(source: str, render_paths: list[str], view_count: Any, view: A
     """
     if not all(type(value) is int for value in (view, view_count)) or not render_paths:
         return None
-    views = render_paths[max(len(render_paths) - view_count, 0) :]
+    _, views = split_renders(render_paths, view_count)
     return f"{source}/{views[view]}" if 0 <= view < len(views) else None
 
 
